@@ -1,0 +1,145 @@
+"""Freezing a process tree with ptrace, race-free against forks and new threads.
+
+Every thread is attached with PTRACE_SEIZE and stopped with PTRACE_INTERRUPT:
+no signal is sent, so the programs cannot notice. A task may fork or spawn a
+thread between our listing and its stop, so the tree is listed again after
+each round until a round finds nothing new; once every task is stopped none
+can create another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from vzcpt.errors import ProcessGone, VzcptError
+from vzcpt.kernel import ptrace
+from vzcpt.proc import files as procfs
+from vzcpt.proc.stat import parse_stat
+
+
+@dataclass
+class FrozenTree:
+    """A stopped tree: every live thread is seized and in a ptrace stop."""
+
+    root: int
+    pids: list[int] = field(default_factory=list)  # parents before children
+    threads: dict[int, list[int]] = field(default_factory=dict)  # pid -> tids, leader first
+    zombies: set[int] = field(default_factory=set)
+    job_stopped: set[int] = field(default_factory=set)  # processes stopped by SIGSTOP before us
+    frozen_at: float = 0.0
+
+    def all_tids(self) -> list[int]:
+        return [tid for pid in self.pids for tid in self.threads.get(pid, [])]
+
+    def resume(self) -> None:
+        """Let every task run on exactly where it was stopped."""
+        for tid in self.all_tids():
+            _detach_quietly(tid, 0)
+
+    def leave_stopped(self) -> None:
+        """Detach, leaving every process stopped as by SIGSTOP."""
+        for pid in self.pids:
+            if pid not in self.zombies:
+                _kill_quietly(pid, signal.SIGSTOP)
+        self.resume()
+
+    def kill(self) -> None:
+        """Kill the tree and consume the exit reports owed to us as tracer."""
+        for pid in self.pids:
+            _kill_quietly(pid, signal.SIGKILL)
+        for tid in self.all_tids():
+            _reap_tracee(tid)
+        # Their parents reap them; wait for that, so their pids are free on return.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in self.pids):
+            time.sleep(0.005)
+
+
+def freeze_tree(root: int) -> FrozenTree:
+    """Seize and stop every thread of the tree rooted at `root`."""
+    tree = FrozenTree(root)
+    seized: set[int] = set()
+    try:
+        while True:
+            new = 0
+            for pid in procfs.tree(root):
+                if pid not in tree.pids:
+                    tree.pids.append(pid)
+                stat = parse_stat(procfs.read(pid, "stat"))
+                if stat.state in "ZX":
+                    tree.zombies.add(pid)
+                    tree.threads.setdefault(pid, [])
+                    continue
+                if stat.state == "T" and pid not in seized:
+                    tree.job_stopped.add(pid)
+                for tid in procfs.tids(pid):
+                    if tid in seized:
+                        continue
+                    _seize_and_stop(tid)
+                    seized.add(tid)
+                    tree.threads.setdefault(pid, []).append(tid)
+                    new += 1
+            if new == 0:
+                break
+    except ProcessGone as exc:
+        if root not in seized:
+            for tid in seized:
+                _detach_quietly(tid, 0)
+            raise VzcptError(f"process {root} does not exist") from exc
+        for tid in seized:
+            _detach_quietly(tid, 0)
+        raise
+    except BaseException:
+        for tid in seized:
+            _detach_quietly(tid, 0)
+        raise
+    tree.pids = procfs_order(root, tree.pids)
+    tree.frozen_at = time.monotonic()
+    return tree
+
+
+def procfs_order(root: int, pids: list[int]) -> list[int]:
+    """Parents before children; processes that vanished meanwhile are dropped."""
+    alive = set(pids)
+    return [pid for pid in procfs.tree(root) if pid in alive]
+
+
+def _seize_and_stop(tid: int) -> None:
+    ptrace.seize(tid)
+    ptrace.interrupt(tid)
+    while True:
+        status = ptrace.wait(tid)
+        if status.exited:
+            raise ProcessGone(f"task {tid} exited while being frozen")
+        if status.event == ptrace.EVENT_STOP:
+            return
+        # A signal arrived first: deliver it and wait for our interrupt stop,
+        # which is still pending.
+        ptrace.cont(tid, status.stop_sig)
+
+
+def _detach_quietly(tid: int, sig: int) -> None:
+    with contextlib.suppress(VzcptError):
+        ptrace.detach(tid, sig)
+
+
+def _kill_quietly(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _reap_tracee(tid: int) -> None:
+    """Wait until a killed tracee's exit report reached us (or it was never ours)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            status = ptrace.wait(tid)
+        except ProcessGone:
+            return
+        if status.exited:
+            return
+        _detach_quietly(tid, 0)

@@ -1,0 +1,52 @@
+"""The C library handle and the errno-checking raw syscall entry point.
+
+Every other module of `kernel/` goes through `syscall()` or `check()`, so an
+error from the kernel always becomes a `SyscallFailed` (or a `ProcessGone`
+when the target vanished) carrying the errno and what we were doing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from typing import Any
+
+from vzcpt.errors import ProcessGone, SyscallFailed
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+_syscall = libc.syscall
+_syscall.restype = ctypes.c_long
+
+ULONG_MASK = (1 << 64) - 1
+
+
+def _arg(value: Any) -> Any:
+    """Pass plain ints as unsigned longs, so large addresses and -1 survive ctypes."""
+    if isinstance(value, int):
+        return ctypes.c_ulong(value & ULONG_MASK)
+    return value
+
+
+def syscall(nr: int, *args: Any, what: str = "", pid: int | None = None) -> int:
+    """Make syscall `nr` in this process; raise on error.
+
+    `pid` names the process the call is about: ESRCH then means it is gone.
+    """
+    result = int(_syscall(ctypes.c_long(nr), *(_arg(a) for a in args)))
+    if result == -1:
+        err = ctypes.get_errno()
+        if pid is not None and err == errno.ESRCH:
+            raise ProcessGone(f"process {pid} is gone")
+        raise SyscallFailed(what or f"syscall {nr}", err)
+    return result
+
+
+def check(result: int, what: str, pid: int | None = None) -> int:
+    """Raise for a libc call that returned -1 with errno set."""
+    if result == -1:
+        err = ctypes.get_errno()
+        if pid is not None and err == errno.ESRCH:
+            raise ProcessGone(f"process {pid} is gone")
+        raise SyscallFailed(what, err)
+    return result

@@ -1,0 +1,123 @@
+"""Reading and writing another process's memory.
+
+process_vm_readv/writev move many ranges per call (up to IOV_MAX) without
+stopping to page-fault through ptrace; /proc/PID/mem is kept for the rare
+write that must go through page protections (FOLL_FORCE).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from vzcpt.errors import SyscallFailed
+from vzcpt.kernel import nr
+from vzcpt.kernel.libc import syscall
+
+IOV_MAX = 1024
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _buffer_address(buf: bytearray | memoryview, offset: int) -> int:
+    # numpy gives the address of read-only buffers too (an mmap of the dump file).
+    return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data) + offset
+
+
+def read_ranges(
+    pid: int, ranges: Sequence[tuple[int, int]], buf: bytearray | memoryview, offset: int = 0
+) -> int:
+    """Read remote (address, length) ranges back to back into buf[offset:]."""
+    return _transfer(nr.PROCESS_VM_READV, pid, ranges, buf, offset)
+
+
+def write_ranges(
+    pid: int, ranges: Sequence[tuple[int, int]], buf: bytearray | memoryview, offset: int = 0
+) -> int:
+    """Write buf[offset:] back to back into the remote (address, length) ranges."""
+    return _transfer(nr.PROCESS_VM_WRITEV, pid, ranges, buf, offset)
+
+
+def _transfer(
+    call: int,
+    pid: int,
+    ranges: Sequence[tuple[int, int]],
+    buf: bytearray | memoryview,
+    offset: int,
+) -> int:
+    done = 0
+    for first in range(0, len(ranges), IOV_MAX):
+        chunk = ranges[first : first + IOV_MAX]
+        total = sum(length for _, length in chunk)
+        local = IoVec(_buffer_address(buf, offset + done), total)
+        remote = (IoVec * len(chunk))(*(IoVec(addr, length) for addr, length in chunk))
+        moved = syscall(
+            call,
+            pid,
+            ctypes.byref(local),
+            1,
+            remote,
+            len(chunk),
+            0,
+            what=f"process_vm {'read' if call == nr.PROCESS_VM_READV else 'write'} of {pid}",
+            pid=pid,
+        )
+        if moved != total:
+            raise SyscallFailed(f"short memory transfer with process {pid}", 14)
+        done += moved
+    return done
+
+
+def read_mem(pid: int, address: int, length: int) -> bytes:
+    """Read through /proc/PID/mem (works on any readable mapping, vDSO included)."""
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    try:
+        return os.pread(fd, length, address)
+    finally:
+        os.close(fd)
+
+
+def write_mem(pid: int, address: int, data: bytes) -> None:
+    """Write through /proc/PID/mem: forces past PROT_READ on a traced task."""
+    fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY)
+    try:
+        if os.pwrite(fd, data, address) != len(data):
+            raise SyscallFailed(f"short write to memory of {pid}", 14)
+    finally:
+        os.close(fd)
+
+
+PAGE_SIZE = 4096
+
+
+def pagemap(pid: int, start: int, end: int) -> bytes:
+    """The raw /proc/PID/pagemap entries (8 bytes a page) for [start, end)."""
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        return os.pread(fd, (end - start) // PAGE_SIZE * 8, start // PAGE_SIZE * 8)
+    finally:
+        os.close(fd)
+
+
+_zero_pfn: int | None = None
+
+
+def zero_pfn() -> int:
+    """The frame number of the kernel's shared zero page (read-faulted, never written)."""
+    global _zero_pfn
+    if _zero_pfn is None:
+        area = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            _ = area[0]  # a read fault maps the zero page
+            address = int(np.frombuffer(area, dtype=np.uint8).ctypes.data)
+            entry = int.from_bytes(pagemap(os.getpid(), address, address + PAGE_SIZE), "little")
+            _zero_pfn = entry & ((1 << 55) - 1)
+        finally:
+            area.close()
+    return _zero_pfn
