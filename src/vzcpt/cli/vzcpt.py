@@ -1,0 +1,115 @@
+"""`vzcpt`: checkpoint and restore of plain process trees (dump, restore, show, check)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vzcpt.cli.common import print_stats, run
+from vzcpt.resources.context import Stats
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vzcpt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dump = sub.add_parser("dump", help="checkpoint the process tree rooted at PID")
+    dump.add_argument("--pid", "-t", type=int, required=True, help="root of the tree")
+    dump.add_argument("--dumpfile", "-o", required=True, help="dump file, or - for stdout")
+    leave = dump.add_mutually_exclusive_group()
+    leave.add_argument(
+        "--leave-running", "-R", action="store_true", help="let the tree run on after the dump"
+    )
+    leave.add_argument(
+        "--leave-stopped",
+        "-s",
+        action="store_true",
+        help="leave the tree stopped (SIGSTOP) after the dump",
+    )
+    dump.add_argument("--compress", action="store_true", help="compress pages with zstd")
+    dump.add_argument("--stats", action="store_true", help="print times, pages and bytes")
+
+    restore = sub.add_parser("restore", help="rebuild a tree from a dump file")
+    restore.add_argument("--dumpfile", "-i", required=True, help="dump file, or - for stdin")
+    restore.add_argument(
+        "--leave-stopped",
+        "-s",
+        action="store_true",
+        help="leave the restored tree stopped (SIGSTOP)",
+    )
+    restore.add_argument("--stats", action="store_true", help="print times, pages and bytes")
+
+    show = sub.add_parser("show", help="what a dump file holds")
+    show.add_argument("dumpfile")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("check", help="which kernel features checkpoint/restore can use here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run("vzcpt", lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "dump":
+        from vzcpt.dump import Leave, dump_tree
+
+        leave: Leave = (
+            "running" if args.leave_running else "stopped" if args.leave_stopped else "kill"
+        )
+        stats = dump_tree(args.pid, args.dumpfile, leave=leave, compress=args.compress)
+        if args.stats:
+            print("dump statistics:", file=sys.stderr)
+            print_stats(stats)
+        return 0
+    if args.command == "restore":
+        from vzcpt.restore import restore_tree
+
+        stats = Stats()
+        root = restore_tree(args.dumpfile, leave_stopped=args.leave_stopped, stats=stats)
+        print(root)
+        if args.stats:
+            print("restore statistics:", file=sys.stderr)
+            print_stats(stats)
+        return 0
+    if args.command == "show":
+        from vzcpt.show import render_json, render_text
+
+        if args.json:
+            json.dump(render_json(args.dumpfile), sys.stdout, indent=1)
+            print()
+        else:
+            render_text(args.dumpfile)
+        return 0
+    if args.command == "check":
+        from vzcpt.kernel.probes import all_probes
+
+        probes = all_probes()
+        for probe in probes:
+            mark = "ok  " if probe.ok else "MISS"
+            print(f"{mark} {probe.name:<32} {probe.detail}")
+        essential_missing = [p for p in probes if not p.ok and p.name in ESSENTIAL]
+        if essential_missing:
+            print("Checkpoint/restore will not work here.")
+            return 1
+        print("Looks good.")
+        return 0
+    raise AssertionError(args.command)
+
+
+ESSENTIAL = {
+    "root",
+    "ptrace_seize",
+    "process_vm_readv",
+    "pidfd",
+    "clone3_set_tid",
+    "pagemap_pfn",
+    "prctl_mm_map",
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Checkpoint of a process tree: the ordered stages of a dump.
+
+    freeze   every thread seized and stopped (inject/freeze.py)
+    collect  each process saved by the resource modules, pages streamed out
+    write    the shared objects' records and the END frame; the file synced
+    verify   a dump file on disk is read back and checked before anything
+             is killed: the only copy of a running tree is never lost
+    leave    kill (default), resume or leave stopped
+
+A failure in any stage before `leave` resumes the tree as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from typing import BinaryIO, Literal
+
+from vzcpt import __version__
+from vzcpt.image.stream import DumpWriter, create_dumpfile, open_dump
+from vzcpt.inject.freeze import FrozenTree, freeze_tree
+from vzcpt.inject.remote import RemoteTask
+from vzcpt.kernel import vm
+from vzcpt.kernel.probes import vdso_fingerprint
+from vzcpt.proc import files as procfs
+from vzcpt.proc.maps import parse_maps
+from vzcpt.proc.stat import parse_stat
+from vzcpt.resources import memory, process, signals, thread, timers
+from vzcpt.resources.context import DumpContext, Stats
+from vzcpt.resources.fds.table import dump_table
+from vzcpt.resources.task_record import DumpHeader, ProcessRecord
+
+Leave = Literal["kill", "running", "stopped"]
+
+
+def dump_tree(
+    root: int,
+    dumpfile: str,
+    *,
+    leave: Leave = "kill",
+    compress: bool = False,
+    stats: Stats | None = None,
+) -> Stats:
+    """Save the tree rooted at `root` into `dumpfile` ("-" for standard output)."""
+    stats = stats or Stats()
+    started = time.monotonic()
+    tree = freeze_tree(root)
+    stats.add_time("freeze", time.monotonic() - started)
+    out: BinaryIO | None = None
+    try:
+        out = create_dumpfile(dumpfile)
+        collect_started = time.monotonic()
+        _write_dump(tree, out, compress, stats)
+        stats.add_time("dump", time.monotonic() - collect_started)
+        if dumpfile != "-":
+            out.flush()
+            os.fsync(out.fileno())
+            verify_started = time.monotonic()
+            open_dump(dumpfile).close()
+            stats.add_time("verify", time.monotonic() - verify_started)
+    except BaseException:
+        tree.resume()
+        if out is not None and dumpfile != "-":
+            out.close()
+            os.unlink(dumpfile)
+        raise
+    if out is not None and dumpfile != "-":
+        out.close()
+    stats.add_time("frozen", time.monotonic() - tree.frozen_at)
+    {"kill": tree.kill, "running": tree.resume, "stopped": tree.leave_stopped}[leave]()
+    stats.add_time("total", time.monotonic() - started)
+    return stats
+
+
+def _write_dump(tree: FrozenTree, out: BinaryIO, compress: bool, stats: Stats) -> None:
+    writer = DumpWriter(out, compress=compress)
+    ctx = DumpContext(writer=writer, stats=stats)
+    try:
+        writer.write_record(
+            DumpHeader(
+                tool=f"vzcpt {__version__}",
+                kernel=platform.release(),
+                vdso=vdso_fingerprint(),
+                created=time.time(),
+                root=tree.root,
+                hostname=platform.node(),
+                processes=len(tree.pids),
+            )
+        )
+        for pid in tree.pids:
+            writer.write_record(_dump_process(ctx, tree, pid))
+            stats.processes += 1
+        for rec in ctx.records:
+            writer.write_record(rec)
+        writer.close()
+    finally:
+        ctx.close()
+
+
+def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord:
+    stat = parse_stat(procfs.read(pid, "stat"))
+    rec = ProcessRecord(
+        pid=pid,
+        ppid=stat.ppid,
+        pgid=stat.pgrp,
+        sid=stat.session,
+        exit_signal=stat.exit_signal,
+        job_stopped=pid in tree.job_stopped,
+    )
+    if pid in tree.zombies:
+        rec.zombie = True
+        rec.exit_status = stat.exit_code
+        return rec
+    tids = tree.threads[pid]
+    main = RemoteTask(tids[0], find_gadget(pid))
+    others = [RemoteTask(tid, main.gadget) for tid in tids[1:]]
+    try:
+        main.map_scratch()
+        for task in others:
+            task.scratch = main.scratch
+        rec.attrs = process.dump_attrs(pid, main)
+        rec.creds = process.dump_creds(pid, main)
+        rec.signals = signals.dump_signals(pid, main)
+        rec.timers = timers.dump_timers(pid, main)
+        rec.threads = [thread.dump_thread(pid, task) for task in [main, *others]]
+        rec.fds = dump_table(ctx, pid)
+        main.unmap_scratch()
+        # After our scratch area is gone: the saved layout must not include it.
+        rec.mm = memory.dump_mm(ctx, pid, main)
+        stats_threads = len(tids)
+        ctx.stats.threads += stats_threads
+    finally:
+        if main.scratch:
+            main.unmap_scratch()
+        for task in [main, *others]:
+            task.restore_regs()
+    return rec
+
+
+def find_gadget(pid: int) -> int:
+    """The address of a `syscall` instruction in the task: the vDSO has several."""
+    maps = parse_maps(procfs.read(pid, "maps"))
+    ordered = sorted(maps, key=lambda e: (e.path != "[vdso]", not e.executable))
+    for entry in ordered:
+        if not entry.executable or not entry.readable:
+            continue
+        data = vm.read_mem(pid, entry.start, min(entry.size, 1 << 20))
+        found = re.search(rb"\x0f\x05", data)
+        if found:
+            return entry.start + found.start()
+    raise RuntimeError(f"process {pid} has no syscall instruction to borrow")

@@ -1,0 +1,70 @@
+"""What the dump and restore drivers hand to each resource module.
+
+Resources receive a context instead of reaching for globals: the dump
+context carries the image writer and the registries of objects shared
+between processes (open files, shared memory); the restore context carries
+the read image and the restorer's own handles on those objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vzcpt.image.stream import DumpImage, DumpWriter
+
+
+@dataclass
+class Stats:
+    """Counters every operation can print with --stats."""
+
+    times: dict[str, float] = field(default_factory=dict)
+    pages: int = 0
+    pages_zero: int = 0
+    bytes: int = 0
+    processes: int = 0
+    threads: int = 0
+    files: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        self.times[phase] = self.times.get(phase, 0.0) + seconds
+
+
+@dataclass
+class DumpContext:
+    writer: DumpWriter
+    stats: Stats
+    # Objects shared between processes, found once and then referred to by id.
+    shared: dict[Any, Any] = field(default_factory=dict)
+    # Local descriptors we hold on the tree's files while dumping (closed at the end).
+    held_fds: list[int] = field(default_factory=list)
+    records: list[object] = field(default_factory=list)  # records written after the processes
+
+    def next_id(self, kind: str) -> int:
+        key = ("next-id", kind)
+        value = int(self.shared.get(key, 1))
+        self.shared[key] = value + 1
+        return value
+
+    def close(self) -> None:
+        for fd in self.held_fds:
+            os.close(fd)
+        self.held_fds.clear()
+
+
+@dataclass
+class RestoreContext:
+    image: DumpImage
+    stats: Stats
+    # The restorer's own descriptors on restored objects, by (kind, id).
+    local_fds: dict[Any, int] = field(default_factory=dict)
+    extra: dict[Any, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in set(self.local_fds.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.local_fds.clear()

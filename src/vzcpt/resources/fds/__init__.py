@@ -1,0 +1,103 @@
+"""Open files: the descriptor table of each process and the open file
+descriptions behind it, shared between descriptors and processes.
+
+Kernel interfaces: /proc/PID/fd (links) and /proc/PID/fdinfo (position,
+flags with O_CLOEXEC, locks); pidfd_getfd(2) to hold the very description the
+process holds; kcmp(KCMP_FILE) to tell whether two descriptors share one
+description. At restore the restorer opens each description once and hands
+it to every process that held it (SCM_RIGHTS), so a shared offset stays
+shared.
+
+Each kind of file is one module of this package with a `Handler`; the
+catalogue below is the only list of them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vzcpt.errors import Unsupported
+from vzcpt.image.schema import record
+from vzcpt.proc.fdinfo import FdInfo
+from vzcpt.resources.context import DumpContext, RestoreContext
+
+
+@dataclass
+class FdEntry:
+    """One slot of a descriptor table."""
+
+    fd: int
+    file_id: int
+    cloexec: bool
+
+
+@dataclass
+class LockRecord:
+    kind: str  # FLOCK | POSIX | OFDLCK
+    write: bool
+    start: int
+    end: int | None
+
+
+@record("file")
+@dataclass
+class FileDesc:
+    """An open file description, as many descriptors may share it."""
+
+    id: int
+    kind: str
+    flags: int
+    pos: int = 0
+    path: str = ""
+    size: int = -1  # regular files: size at dump, checked at restore
+    rdev: int = 0
+    deleted: bool = False
+    content: bytes | None = None  # unlinked files and queued pipe data
+    pipe_id: int = 0
+    pipe_size: int = 0
+    locks: list[LockRecord] = field(default_factory=list)
+
+
+class Handler(Protocol):
+    kind: str
+
+    def claims(self, link: str, st: os.stat_result) -> bool: ...
+
+    def dump(
+        self,
+        ctx: DumpContext,
+        pid: int,
+        fd: int,
+        local: int,
+        link: str,
+        st: os.stat_result,
+        info: FdInfo,
+    ) -> FileDesc: ...
+
+    def open(self, ctx: RestoreContext, desc: FileDesc) -> int:
+        """Open the description in the restorer; return our descriptor on it."""
+        ...
+
+
+def catalogue() -> list[Handler]:
+    from vzcpt.resources.fds import chrdev, directory, pipe, regular
+
+    return [regular.HANDLER, directory.HANDLER, chrdev.HANDLER, pipe.HANDLER, pipe.FIFO_HANDLER]
+
+
+def handler_for(kind: str) -> Handler:
+    for handler in catalogue():
+        if handler.kind == kind:
+            return handler
+    raise Unsupported(f"the dump holds a file of unknown kind {kind!r}")
+
+
+def describe(link: str) -> str:
+    """A human name for a descriptor we cannot save."""
+    if link.startswith("socket:"):
+        return "a socket"
+    if link.startswith("anon_inode:"):
+        return f"an {link[len('anon_inode:') :].strip('[]')} descriptor"
+    return f"{link!r}"

@@ -1,0 +1,129 @@
+"""Pipes and FIFOs, with the data queued in them.
+
+Kernel interfaces: a pipe shows as "pipe:[INODE]" in /proc/PID/fd; opening
+that /proc link read-only gives us a read end of the very pipe, and tee(2)
+copies its queue without consuming it; F_GETPIPE_SZ/F_SETPIPE_SZ its
+capacity. A FIFO is a pipe with a name: the same, opened by path.
+At restore one pipe is made per saved pipe, the data written back, and each
+end handed to whoever held it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+
+from vzcpt.kernel.fds import F_GETPIPE_SZ, F_SETPIPE_SZ, peek_pipe
+from vzcpt.proc.fdinfo import FdInfo
+from vzcpt.resources.context import DumpContext, RestoreContext
+from vzcpt.resources.fds import FileDesc
+
+STATUS_FLAGS = os.O_NONBLOCK | os.O_APPEND | os.O_DIRECT
+
+
+def _peek_once(ctx: DumpContext, pid: int, fd: int, inode: int) -> tuple[bytes | None, int]:
+    """Queued data of a pipe, stored with the first of its ends we meet."""
+    key = ("pipe-data", inode)
+    if key in ctx.shared:
+        return None, 0
+    ctx.shared[key] = True
+    reader = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return peek_pipe(reader), fcntl.fcntl(reader, F_GETPIPE_SZ)
+    finally:
+        os.close(reader)
+
+
+class PipeHandler:
+    kind = "pipe"
+
+    def claims(self, link: str, st: os.stat_result) -> bool:
+        return stat.S_ISFIFO(st.st_mode) and link.startswith("pipe:")
+
+    def dump(
+        self,
+        ctx: DumpContext,
+        pid: int,
+        fd: int,
+        local: int,
+        link: str,
+        st: os.stat_result,
+        info: FdInfo,
+    ) -> FileDesc:
+        data, size = _peek_once(ctx, pid, fd, st.st_ino)
+        return FileDesc(
+            id=0,
+            kind=self.kind,
+            flags=info.flags & ~os.O_CLOEXEC,
+            pipe_id=st.st_ino,
+            content=data,
+            pipe_size=size,
+        )
+
+    def open(self, ctx: RestoreContext, desc: FileDesc) -> int:
+        ends = ctx.extra.get(("pipe", desc.pipe_id))
+        if ends is None:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            ctx.extra[("pipe", desc.pipe_id)] = ends = (r, w)
+            ctx.local_fds[("pipe-r", desc.pipe_id)] = r
+            ctx.local_fds[("pipe-w", desc.pipe_id)] = w
+        r, w = ends
+        _fill(ctx, desc, w)
+        end = w if desc.flags & os.O_ACCMODE == os.O_WRONLY else r
+        fcntl.fcntl(end, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
+        return end
+
+
+class FifoHandler:
+    kind = "fifo"
+
+    def claims(self, link: str, st: os.stat_result) -> bool:
+        return stat.S_ISFIFO(st.st_mode) and link.startswith("/")
+
+    def dump(
+        self,
+        ctx: DumpContext,
+        pid: int,
+        fd: int,
+        local: int,
+        link: str,
+        st: os.stat_result,
+        info: FdInfo,
+    ) -> FileDesc:
+        data, size = _peek_once(ctx, pid, fd, st.st_ino)
+        return FileDesc(
+            id=0,
+            kind=self.kind,
+            flags=info.flags & ~os.O_CLOEXEC,
+            path=link,
+            pipe_id=st.st_ino,
+            content=data,
+            pipe_size=size,
+        )
+
+    def open(self, ctx: RestoreContext, desc: FileDesc) -> int:
+        key = ("fifo-keeper", desc.pipe_id)
+        if key not in ctx.local_fds:
+            # Holding it read-write ourselves lets any end open without blocking.
+            ctx.local_fds[key] = os.open(desc.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        _fill(ctx, desc, ctx.local_fds[key])
+        fd = os.open(desc.path, (desc.flags & ~os.O_CREAT) | os.O_NONBLOCK | os.O_CLOEXEC)
+        fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
+        return fd
+
+
+def _fill(ctx: RestoreContext, desc: FileDesc, writer: int) -> None:
+    """Put the queued data back, once per pipe, from whichever end carried it."""
+    if desc.content is None or ("pipe-filled", desc.pipe_id) in ctx.extra:
+        return
+    ctx.extra[("pipe-filled", desc.pipe_id)] = True
+    if desc.pipe_size:
+        fcntl.fcntl(writer, F_SETPIPE_SZ, desc.pipe_size)
+    view = memoryview(desc.content)
+    while view:
+        view = view[os.write(writer, view) :]
+
+
+HANDLER = PipeHandler()
+FIFO_HANDLER = FifoHandler()

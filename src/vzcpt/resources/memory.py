@@ -1,0 +1,429 @@
+"""The address space: mappings, their pages, and the mm fields of prctl(PR_SET_MM_MAP).
+
+Kernel interfaces: /proc/PID/maps and smaps (VmFlags) list the mappings;
+/proc/PID/pagemap tells which pages are present, swapped, file-backed or the
+shared zero page; process_vm_readv/writev move the pages; shared memory
+(MAP_SHARED|MAP_ANONYMOUS, System V shm) is read through
+/proc/PID/map_files, skipping holes with SEEK_DATA; mmap, mremap, mprotect,
+madvise and prctl(PR_SET_MM_MAP) run inside the restored task.
+
+What is stored: for private mappings, the pages that are the process's own
+(anonymous, or copied on write from a file), never those still backed by the
+file nor the zero page, nor pages whose content is all zeros. Shared file
+mappings need no pages: their content is the file. Shared anonymous memory is
+stored once per object and mapped again by every process that shared it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vzcpt.errors import FileChanged, KernelMismatch, Unsupported
+from vzcpt.inject.remote import (
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_GROWSDOWN,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    RemoteTask,
+)
+from vzcpt.kernel import nr, vm
+from vzcpt.kernel.vm import PAGE_SIZE
+from vzcpt.proc import files as procfs
+from vzcpt.proc.auxv import parse_auxv
+from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps_flags
+from vzcpt.proc.pagemap import PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP
+from vzcpt.proc.stat import parse_stat
+from vzcpt.resources import shmem
+from vzcpt.resources.context import DumpContext, RestoreContext
+
+SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
+BATCH_BYTES = 64 << 20
+
+MADV_DONTFORK = 10
+MADV_WIPEONFORK = 18
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+MADVISE_BY_VMFLAG = {
+    "dc": MADV_DONTFORK,
+    "wf": MADV_WIPEONFORK,
+    "hg": MADV_HUGEPAGE,
+    "nh": MADV_NOHUGEPAGE,
+}
+
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
+TASK_SIZE = 0x7FFFFFFFF000  # top of the 47-bit user address space
+
+PR_SET_MM = 35
+PR_SET_MM_MAP = 14
+
+
+@dataclass
+class VmaRecord:
+    start: int
+    end: int
+    prot: int
+    shared: bool
+    kind: str  # anon | file | shmem | sysv | vdso | vvar | vvar_vclock
+    path: str = ""
+    offset: int = 0  # file offset in bytes (shmem: offset in the object)
+    growsdown: bool = False
+    madvise: list[int] = field(default_factory=list)
+    shmem_id: int = 0  # the SharedMemRecord for kind shmem / sysv
+    file_size: int = -1  # for file mappings: size at dump, checked at restore
+
+
+@dataclass
+class MmRecord:
+    start_code: int
+    end_code: int
+    start_data: int
+    end_data: int
+    start_brk: int
+    brk: int
+    start_stack: int
+    arg_start: int
+    arg_end: int
+    env_start: int
+    env_end: int
+    auxv: list[int]
+    exe: str
+    vmas: list[VmaRecord]
+
+
+# ---------------------------------------------------------------- dump
+
+
+def dump_mm(ctx: DumpContext, pid: int, task: RemoteTask) -> MmRecord:
+    maps = parse_maps(procfs.read(pid, "maps"))
+    flags = parse_smaps_flags(procfs.read(pid, "smaps"))
+    stat = parse_stat(procfs.read(pid, "stat"))
+    brk = task.call(nr.BRK, 0, what="brk(0)")
+    auxv = [v for pair in parse_auxv(procfs.read(pid, "auxv")) for v in pair]
+    vmas = []
+    for entry in maps:
+        if entry.path == "[vsyscall]":
+            continue
+        vma = _vma_record(ctx, pid, entry, flags.get(entry.start, frozenset()))
+        vmas.append(vma)
+        if vma.kind in ("anon", "file") and not vma.shared:
+            _dump_private_pages(ctx, pid, vma)
+    return MmRecord(
+        start_code=stat.startcode,
+        end_code=stat.endcode,
+        start_data=stat.start_data,
+        end_data=stat.end_data,
+        start_brk=stat.start_brk,
+        brk=brk,
+        start_stack=stat.startstack,
+        arg_start=stat.arg_start,
+        arg_end=stat.arg_end,
+        env_start=stat.env_start,
+        env_end=stat.env_end,
+        auxv=auxv,
+        exe=procfs.readlink(pid, "exe"),
+        vmas=vmas,
+    )
+
+
+def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]) -> VmaRecord:
+    prot = (
+        (PROT_READ if e.readable else 0)
+        | (PROT_WRITE if e.writable else 0)
+        | (PROT_EXEC if e.executable else 0)
+    )
+    vma = VmaRecord(
+        start=e.start,
+        end=e.end,
+        prot=prot,
+        shared=e.shared,
+        kind="anon",
+        path=e.path,
+        offset=e.offset,
+        growsdown="gd" in vmflags,
+        madvise=sorted(MADVISE_BY_VMFLAG[f] for f in vmflags if f in MADVISE_BY_VMFLAG),
+    )
+    if e.path in SPECIAL:
+        vma.kind = e.path.strip("[]")
+    elif e.inode == 0:
+        if e.shared:
+            raise Unsupported(f"process {pid}: shared mapping {e.start:#x} without a file")
+        vma.kind = "anon"
+    elif e.path.startswith("/SYSV"):
+        vma.kind = "sysv"
+        vma.shmem_id = shmem.dump_object(ctx, pid, e, "sysv", write_nonzero)
+    elif e.shared and e.path == "/dev/zero" and e.deleted:
+        vma.kind = "shmem"
+        vma.shmem_id = shmem.dump_object(ctx, pid, e, "shmem", write_nonzero)
+    elif e.path.startswith("/memfd:") or e.deleted:
+        raise Unsupported(
+            f"process {pid}: mapping of {e.path!r}{' (deleted)' if e.deleted else ''} "
+            f"at {e.start:#x} is not supported yet"
+        )
+    else:
+        vma.kind = "file"
+        vma.file_size = os.stat(f"/proc/{pid}/map_files/{e.start:x}-{e.end:x}").st_size
+    return vma
+
+
+def _dump_private_pages(ctx: DumpContext, pid: int, vma: VmaRecord) -> None:
+    if not vma.prot & PROT_READ and vma.kind == "file":
+        return  # guard regions of a file: nothing of their own
+    entries = np.frombuffer(vm.pagemap(pid, vma.start, vma.end), dtype="<u8")
+    present = (entries & np.uint64(PM_PRESENT | PM_SWAP)) != 0
+    if vma.kind == "file":  # only pages copied on write are the process's own
+        keep = present & ((entries & np.uint64(PM_FILE)) == 0)
+    else:
+        pfn = entries & np.uint64(PM_PFN_MASK)
+        swapped = (entries & np.uint64(PM_SWAP)) != 0
+        keep = present & ((pfn != np.uint64(vm.zero_pfn())) | swapped)
+    for first, count in _runs(keep):
+        address = vma.start + first * PAGE_SIZE
+        for off in range(0, count * PAGE_SIZE, BATCH_BYTES):
+            length = min(BATCH_BYTES, count * PAGE_SIZE - off)
+            buf = _batch_buffer(ctx, length)
+            vm.read_ranges(pid, [(address + off, length)], buf)
+            write_nonzero(ctx, pid, address + off, buf)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(first index, length) of every run of True in a boolean array."""
+    if not mask.any():
+        return []
+    padded = np.concatenate(([False], mask, [False]))
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _batch_buffer(ctx: DumpContext, length: int) -> memoryview:
+    buf = ctx.shared.get("page-buffer")
+    if buf is None or len(buf) < length:
+        buf = bytearray(max(length, BATCH_BYTES))
+        ctx.shared["page-buffer"] = buf
+    return memoryview(buf)[:length]
+
+
+def write_nonzero(ctx: DumpContext, owner: int, address: int, buf: bytearray | memoryview) -> None:
+    """Write the pages of buf that are not all zeros, as runs."""
+    pages = np.frombuffer(buf, dtype="<u8").reshape(-1, PAGE_SIZE // 8)
+    nonzero: np.ndarray = np.asarray(pages.any(axis=1))
+    ctx.stats.pages_zero += int(len(nonzero) - int(nonzero.sum()))
+    view = memoryview(buf)
+    for first, count in _runs(nonzero):
+        data = view[first * PAGE_SIZE : (first + count) * PAGE_SIZE]
+        ctx.writer.write_pages(owner, address + first * PAGE_SIZE, data)
+        ctx.stats.pages += count
+        ctx.stats.bytes += count * PAGE_SIZE
+
+
+# ---------------------------------------------------------------- restore
+
+
+class _MmMap(ctypes.Structure):
+    """struct prctl_mm_map (include/uapi/linux/prctl.h)."""
+
+    _fields_ = [
+        (n, ctypes.c_uint64)
+        for n in [
+            "start_code",
+            "end_code",
+            "start_data",
+            "end_data",
+            "start_brk",
+            "brk",
+            "start_stack",
+            "arg_start",
+            "arg_end",
+            "env_start",
+            "env_end",
+            "auxv",
+        ]
+    ] + [("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
+
+
+def check_files(mm: MmRecord, pid: int) -> None:
+    """Refuse before anything is built if a mapped file changed size or vanished."""
+    for vma in mm.vmas:
+        if vma.kind != "file":
+            continue
+        try:
+            size = os.stat(vma.path).st_size
+        except OSError as exc:
+            raise FileChanged(
+                f"process {pid} maps {vma.path}, which is gone ({exc.strerror}): "
+                "restore needs the file system as it was at checkpoint"
+            ) from exc
+        if vma.file_size >= 0 and size != vma.file_size:
+            raise FileChanged(
+                f"process {pid} maps {vma.path}, which changed size "
+                f"({vma.file_size} -> {size} bytes) since the checkpoint"
+            )
+
+
+def replace_mm(
+    ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, int]
+) -> None:
+    """Turn the stub's address space into the saved one.
+
+    Before: the stub has its own mappings, our scratch area at the start of
+    `window` (free in the saved layout) and the vDSO of this kernel. After:
+    exactly the saved mappings with their pages, plus the scratch area; the
+    saved brk, stack, argv/env, auxv and exe link are set.
+    """
+    _move_specials(task, pid, mm, window)
+    for vma in mm.vmas:
+        if vma.kind in ("vdso", "vvar", "vvar_vclock"):
+            continue
+        _map_vma(ctx, task, pid, vma)
+    _fill_private_pages(ctx, task, pid, mm)
+    for vma in mm.vmas:
+        needs_write = vma.kind in ("anon", "file") and not vma.shared
+        if needs_write and not vma.prot & PROT_WRITE:
+            task.call(nr.MPROTECT, vma.start, vma.end - vma.start, vma.prot, what="mprotect")
+        for advice in vma.madvise:
+            task.call_raw(nr.MADVISE, vma.start, vma.end - vma.start, advice)
+    _set_mm_map(task, mm)
+
+
+def _move_specials(task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, int]) -> None:
+    """Unmap everything of the stub outside `window`, and put the vDSO where it was.
+
+    `window` is free in the saved layout; our scratch area sits at its start.
+    The specials are parked inside it first, so that unmapping the stub and
+    moving them to their final places can never collide.
+    """
+    current = {e.path: e for e in parse_maps(procfs.read(pid, "maps")) if e.path in SPECIAL}
+    saved = {f"[{v.kind}]": v for v in mm.vmas if v.kind in ("vdso", "vvar", "vvar_vclock")}
+    low, high = window
+    parking = low + (1 << 20)
+    parked: dict[str, int] = {}
+    for name, entry in current.items():
+        task.call(
+            nr.MREMAP,
+            entry.start,
+            entry.size,
+            entry.size,
+            MREMAP_MAYMOVE | MREMAP_FIXED,
+            parking,
+            what=f"mremap {name}",
+        )
+        parked[name] = parking
+        parking += entry.size + PAGE_SIZE
+    if parking > high:
+        raise Unsupported("the vDSO does not fit the restore window")
+    task.call(nr.MUNMAP, 0, low, what="munmap of the stub below the window")
+    task.call(nr.MUNMAP, high, TASK_SIZE - high, what="munmap of the stub above the window")
+    for name, address in parked.items():
+        target = saved.get(name)
+        size = current[name].size
+        if target is None:
+            task.call(nr.MUNMAP, address, size, what=f"munmap {name}")
+        elif target.end - target.start != size:
+            raise KernelMismatch(
+                f"{name} is {size} bytes here but was {target.end - target.start} at checkpoint"
+            )
+        else:
+            task.call(
+                nr.MREMAP,
+                address,
+                size,
+                size,
+                MREMAP_MAYMOVE | MREMAP_FIXED,
+                target.start,
+                what=f"mremap {name} to its saved place",
+            )
+
+
+def _map_vma(ctx: RestoreContext, task: RemoteTask, pid: int, vma: VmaRecord) -> None:
+    length = vma.end - vma.start
+    if vma.kind == "anon":
+        flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | (MAP_GROWSDOWN if vma.growsdown else 0)
+        task.call(
+            nr.MMAP,
+            vma.start,
+            length,
+            vma.prot | PROT_WRITE,
+            flags,
+            -1,
+            0,
+            what=f"mmap of anonymous memory at {vma.start:#x}",
+        )
+        return
+    if vma.kind == "file":
+        access = os.O_RDWR if vma.shared and vma.prot & PROT_WRITE else os.O_RDONLY
+        path = task.put(0, vma.path.encode() + b"\0")
+        fd = task.call(nr.OPEN, path, access | os.O_CLOEXEC, 0, what=f"open {vma.path}")
+        try:
+            prot = vma.prot if vma.shared else vma.prot | PROT_WRITE
+            flags = (MAP_SHARED if vma.shared else MAP_PRIVATE) | MAP_FIXED
+            task.call(
+                nr.MMAP,
+                vma.start,
+                length,
+                prot,
+                flags,
+                fd,
+                vma.offset,
+                what=f"mmap of {vma.path} at {vma.start:#x}",
+            )
+        finally:
+            task.call(nr.CLOSE, fd, what="close")
+        return
+    if vma.kind in ("shmem", "sysv"):
+        shmem.map_shared(
+            ctx, task, vma.start, vma.end, vma.prot, vma.offset, vma.kind, vma.shmem_id
+        )
+        return
+    raise Unsupported(f"process {pid}: cannot restore a mapping of kind {vma.kind}")
+
+
+def _fill_private_pages(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) -> None:
+    runs = ctx.image.pages_of(pid)
+    for run in runs:
+        vm.write_ranges(task.tid, [(run.address, len(run.data))], run.data)
+        ctx.stats.pages += len(run.data) // PAGE_SIZE
+        ctx.stats.bytes += len(run.data)
+
+
+def _set_mm_map(task: RemoteTask, mm: MmRecord) -> None:
+    auxv = b"".join(v.to_bytes(8, "little") for v in mm.auxv) + bytes(16)
+    auxv_addr = task.put(1024, auxv)
+    exe = task.put(512, mm.exe.encode() + b"\0")
+    exe_fd = task.call(nr.OPEN, exe, os.O_RDONLY | os.O_CLOEXEC, 0, what=f"open {mm.exe}")
+    fields = _MmMap(
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_addr,
+        len(auxv),
+        exe_fd,
+    )
+    address = task.put(0, fields)
+    try:
+        task.call(
+            nr.PRCTL,
+            PR_SET_MM,
+            PR_SET_MM_MAP,
+            address,
+            ctypes.sizeof(fields),
+            0,
+            what="prctl(PR_SET_MM_MAP)",
+        )
+    finally:
+        task.call(nr.CLOSE, exe_fd, what="close")

@@ -1,0 +1,76 @@
+"""Signal dispositions and the signals pending for the whole process.
+
+Kernel interfaces: rt_sigaction(2) injected into the process (there is no
+other way to read a handler's address, flags and mask); /proc/PID/status
+SigCgt/SigIgn to ask only about signals that are not at their default;
+PTRACE_PEEKSIGINFO with PTRACE_PEEKSIGINFO_SHARED for the shared queue, put
+back with rt_sigqueueinfo(2) from inside the process (allowed for any
+si_code when a process signals itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vzcpt.inject.remote import RemoteTask
+from vzcpt.kernel import nr, ptrace
+from vzcpt.proc import files as procfs
+from vzcpt.proc.status import parse_status
+
+SIGKILL = 9
+SIGSTOP = 19
+SIGSET_SIZE = 8
+
+
+@dataclass
+class SigAction:
+    signo: int
+    handler: int
+    flags: int
+    restorer: int
+    mask: int
+
+
+@dataclass
+class SignalsRecord:
+    actions: list[SigAction] = field(default_factory=list)
+    shared_pending: list[bytes] = field(default_factory=list)
+
+
+def dump_signals(pid: int, task: RemoteTask) -> SignalsRecord:
+    status = parse_status(procfs.read(pid, "status"))
+    interesting = status.sig_caught | status.sig_ignored
+    actions = []
+    for signo in range(1, 65):
+        if signo in (SIGKILL, SIGSTOP) or not interesting & (1 << (signo - 1)):
+            continue
+        task.call(nr.RT_SIGACTION, signo, 0, task.scratch, SIGSET_SIZE, what="rt_sigaction")
+        raw = task.get(0, 32)
+        handler, flags, restorer, mask = (
+            int.from_bytes(raw[i : i + 8], "little") for i in range(0, 32, 8)
+        )
+        actions.append(SigAction(signo, handler, flags, restorer, mask))
+    return SignalsRecord(actions, ptrace.peek_siginfo(task.tid, shared=True))
+
+
+def restore_actions(task: RemoteTask, rec: SignalsRecord) -> None:
+    for act in rec.actions:
+        raw = b"".join(
+            v.to_bytes(8, "little") for v in (act.handler, act.flags, act.restorer, act.mask)
+        )
+        task.put(0, raw)
+        task.call(
+            nr.RT_SIGACTION,
+            act.signo,
+            task.scratch,
+            0,
+            SIGSET_SIZE,
+            what=f"rt_sigaction({act.signo})",
+        )
+
+
+def restore_shared_pending(task: RemoteTask, pid: int, rec: SignalsRecord) -> None:
+    for info in rec.shared_pending:
+        signo = int.from_bytes(info[0:4], "little")
+        task.put(0, info)
+        task.call(nr.RT_SIGQUEUEINFO, pid, signo, task.scratch, what=f"requeue of signal {signo}")

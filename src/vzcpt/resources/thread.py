@@ -1,0 +1,130 @@
+"""A thread: registers, extended FPU state, signal mask, rseq, robust list,
+clear_child_tid, alternate signal stack, name and its private pending signals.
+
+Kernel interfaces: PTRACE_GETREGS/SETREGS (general registers with fs_base and
+gs_base), PTRACE_GETREGSET/SETREGSET with NT_X86_XSTATE (x87, SSE, AVX,
+AVX-512...), PTRACE_GETSIGMASK/SETSIGMASK, PTRACE_PEEKSIGINFO,
+PTRACE_GET_RSEQ_CONFIGURATION, get_robust_list(2); and, injected into the
+thread itself, prctl(PR_GET_TID_ADDRESS), sigaltstack(2), set_tid_address,
+set_robust_list, rseq(2), prctl(PR_SET_NAME) and rt_tgsigqueueinfo(2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vzcpt.inject.remote import RemoteTask, to_signed
+from vzcpt.kernel import nr, ptrace
+from vzcpt.kernel.ptrace import REG_NAMES, Regs
+from vzcpt.kernel.threads import robust_list
+from vzcpt.proc import files as procfs
+
+PR_SET_NAME = 15
+PR_GET_TID_ADDRESS = 40
+SS_ONSTACK = 1
+SS_DISABLE = 2
+XSTATE_MAX = 16384
+
+ERESTARTSYS = 512
+ERESTARTNOINTR = 513
+ERESTARTNOHAND = 514
+ERESTART_RESTARTBLOCK = 516
+EINTR = 4
+
+
+@dataclass
+class ThreadRecord:
+    tid: int
+    regs: list[int]  # user_regs_struct, in REG_NAMES order
+    xstate: bytes
+    sigmask: int
+    comm: str
+    rseq: tuple[int, int, int] | None = None  # (pointer, size, signature)
+    robust_list: tuple[int, int] = (0, 0)
+    clear_child_tid: int = 0
+    altstack: tuple[int, int, int] = (0, SS_DISABLE, 0)  # (sp, flags, size)
+    pending: list[bytes] = field(default_factory=list)  # siginfo of private pending signals
+
+
+def dump_thread(pid: int, task: RemoteTask) -> ThreadRecord:
+    """Save one stopped thread; `task` must have its scratch area mapped."""
+    tid = task.tid
+    regs = task.saved_regs
+    rseq = ptrace.get_rseq(tid)
+    task.call(nr.PRCTL, PR_GET_TID_ADDRESS, task.scratch, 0, 0, 0, what="PR_GET_TID_ADDRESS")
+    clear_tid = int.from_bytes(task.get(0, 8), "little")
+    task.call(nr.SIGALTSTACK, 0, task.scratch, what="sigaltstack")
+    ss = task.get(0, 24)
+    return ThreadRecord(
+        tid=tid,
+        regs=[getattr(regs, name) for name in REG_NAMES],
+        xstate=ptrace.get_regset(tid, ptrace.NT_X86_XSTATE, XSTATE_MAX),
+        sigmask=task.saved_sigmask,
+        comm=procfs.read(pid, "comm", tid=tid).decode(errors="replace").rstrip("\n"),
+        rseq=(rseq.pointer, rseq.size, rseq.signature) if rseq.pointer else None,
+        robust_list=robust_list(tid),
+        clear_child_tid=clear_tid,
+        altstack=(
+            int.from_bytes(ss[0:8], "little"),
+            int.from_bytes(ss[8:12], "little"),
+            int.from_bytes(ss[16:24], "little"),
+        ),
+        pending=ptrace.peek_siginfo(tid, shared=False),
+    )
+
+
+def restore_thread_state(task: RemoteTask, pid: int, rec: ThreadRecord) -> None:
+    """Everything of the thread but its registers and mask, set from inside it."""
+    task.call(nr.SET_TID_ADDRESS, rec.clear_child_tid, what="set_tid_address")
+    if rec.robust_list[0]:
+        task.call(nr.SET_ROBUST_LIST, *rec.robust_list, what="set_robust_list")
+    sp, flags, size = rec.altstack
+    if not flags & SS_DISABLE:
+        stack = sp.to_bytes(8, "little") + (flags & ~SS_ONSTACK).to_bytes(4, "little") + bytes(4)
+        task.put(0, stack + size.to_bytes(8, "little"))
+        task.call(nr.SIGALTSTACK, task.scratch, 0, what="sigaltstack")
+    name = rec.comm.encode()[:15] + b"\0"
+    task.put(0, name)
+    task.call(nr.PRCTL, PR_SET_NAME, task.scratch, 0, 0, 0, what="PR_SET_NAME")
+    if rec.rseq is not None:
+        pointer, size, signature = rec.rseq
+        task.call(nr.RSEQ, pointer, size, 0, signature, what="rseq registration")
+    for info in rec.pending:
+        signo = int.from_bytes(info[0:4], "little")
+        task.put(0, info)
+        task.call(
+            nr.RT_TGSIGQUEUEINFO,
+            pid,
+            rec.tid,
+            signo,
+            task.scratch,
+            what=f"requeue of signal {signo}",
+        )
+
+
+def final_regs(rec: ThreadRecord) -> Regs:
+    """The saved registers, with an interrupted syscall set up to run again.
+
+    A syscall interrupted by the checkpoint shows orig_rax >= 0 and one of the
+    kernel's restart codes in rax. The kernel would have restarted it by
+    stepping back over the 2-byte `syscall` instruction; we do the same. The
+    restart block of -ERESTART_RESTARTBLOCK (nanosleep and friends) is gone
+    with the old task, so that call returns -EINTR instead, as after a signal.
+    """
+    regs = Regs(*rec.regs)
+    orig = to_signed(regs.orig_rax)
+    result = to_signed(regs.rax)
+    if orig >= 0:
+        if result in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
+            regs.rip -= 2
+            regs.rax = regs.orig_rax
+        elif result == -ERESTART_RESTARTBLOCK:
+            regs.rax = (-EINTR) & ((1 << 64) - 1)
+    regs.orig_rax = (1 << 64) - 1
+    return regs
+
+
+def load_regs(tid: int, rec: ThreadRecord) -> None:
+    ptrace.set_regset(tid, ptrace.NT_X86_XSTATE, rec.xstate)
+    ptrace.set_regs(tid, final_regs(rec))
+    ptrace.set_sigmask(tid, rec.sigmask)

@@ -1,0 +1,187 @@
+"""Restore of a process tree: the ordered stages, and what is true after each.
+
+    read      the whole dump is read and verified (checksums, END frame);
+              nothing on the host has changed yet
+    check     the vDSO is this kernel's, every pid is free, every file the
+              programs held or mapped is as it was; still nothing changed
+    seed      one stopped copy of the restorer holds our gadget and scratch
+              page at the start of the restore window
+    tree      every process exists as a stopped stub with its saved pid,
+              parent, session and process group (restore/tree.py)
+    files     every stub holds its descriptors at their saved numbers
+    memory    every stub's address space is the saved one (vDSO moved in)
+    state     threads cloned with their tids; signals, timers, limits,
+              attributes, thread state; zombies have died as they died
+    release   pending signals queued, scratch unmapped, credentials taken,
+              registers loaded, and every task detached at once
+
+Any failure before `release` kills every process created so far: a failed
+restore leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+from vzcpt.errors import KernelMismatch, VzcptError
+from vzcpt.image.stream import DumpImage, open_dump
+from vzcpt.inject.fdpass import FdChannel
+from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask
+from vzcpt.kernel import nr, ptrace
+from vzcpt.kernel.probes import vdso_fingerprint
+from vzcpt.resources import memory, process, signals, thread, timers
+from vzcpt.resources.context import RestoreContext, Stats
+from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds.regular import _check_unchanged
+from vzcpt.resources.fds.table import restore_table
+from vzcpt.resources.task_record import DumpHeader, ProcessRecord
+from vzcpt.restore.seed import spawn_seed
+from vzcpt.restore.tree import TreeBuilder, check_ids, clone_thread
+from vzcpt.restore.window import choose_window
+
+RSEQ_FLAG_UNREGISTER = 1
+
+
+def restore_tree(dumpfile: str, *, leave_stopped: bool = False, stats: Stats | None = None) -> int:
+    """Rebuild the dumped tree; return the root pid once it runs (or is stopped)."""
+    stats = stats or Stats()
+    started = time.monotonic()
+    image = open_dump(dumpfile)
+    stats.add_time("read", time.monotonic() - started)
+    try:
+        return _restore(image, leave_stopped, stats, started)
+    finally:
+        image.close()
+
+
+def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float) -> int:
+    headers = image.records_of(DumpHeader)
+    if not headers:
+        raise VzcptError("the dump file has no header record")
+    header = headers[0]
+    procs = image.records_of(ProcessRecord)
+    files = {f.id: f for f in image.records_of(FileDesc)}
+    _check(header, procs, files)
+    saved_ranges = [(v.start, v.end) for p in procs if p.mm for v in p.mm.vmas]
+    window = choose_window(saved_ranges)
+    max_fd = max((e.fd for p in procs for e in p.fds), default=2)
+    channel_fd = max(max_fd + 1, 10)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # stubs inherit it until restored
+    ctx = RestoreContext(image=image, stats=stats)
+    seed = spawn_seed(channel_fd, window[0])
+    ctx.extra["fd-channel"] = channel = FdChannel(seed.channel, channel_fd)  # type: ignore[attr-defined]
+    builder = TreeBuilder(seed, procs, header.root)
+    warnings: list[str] = []
+    try:
+        stage = time.monotonic()
+        tasks = builder.build()
+        stats.add_time("tree", time.monotonic() - stage)
+        threads: dict[int, list[RemoteTask]] = {}
+        for rec in procs:
+            if rec.zombie:
+                continue
+            stage = time.monotonic()
+            threads[rec.pid] = _rebuild_process(
+                ctx, rec, tasks[rec.pid], files, channel, window, warnings
+            )
+            stats.add_time("memory+state", time.monotonic() - stage)
+        builder.become_zombies()
+        for rec in procs:
+            if not rec.zombie:
+                _finish(rec, threads[rec.pid], window, channel_fd)
+        stats.processes = len(procs)
+        stats.threads = sum(len(t) for t in threads.values())
+    except BaseException:
+        builder.kill_all()
+        _kill_seed(seed)
+        ctx.close()
+        raise
+    _kill_seed(seed)
+    ctx.close()
+    for rec in procs:
+        if rec.zombie:
+            continue
+        if leave_stopped or rec.job_stopped:
+            os.kill(rec.pid, 19)  # SIGSTOP: stays stopped once detached
+        for task in threads[rec.pid]:
+            ptrace.detach(task.tid, 0)
+    stats.add_time("total", time.monotonic() - started)
+    stats.warnings.extend(warnings)
+    return header.root
+
+
+def _check(header: DumpHeader, procs: list[ProcessRecord], files: dict[int, FileDesc]) -> None:
+    here = vdso_fingerprint()
+    if header.vdso != here:
+        raise KernelMismatch(
+            f"the dump was made on kernel {header.kernel} whose vDSO differs from this one's "
+            "(restoring would crash the programs): restore on a host with the same kernel"
+        )
+    check_ids(procs, header.root)
+    for rec in procs:
+        if rec.mm is not None:
+            memory.check_files(rec.mm, rec.pid)
+    for desc in files.values():
+        if desc.kind == "regular" and not desc.deleted:
+            _check_unchanged(desc)
+
+
+def _rebuild_process(
+    ctx: RestoreContext,
+    rec: ProcessRecord,
+    main: RemoteTask,
+    files: dict[int, FileDesc],
+    channel: FdChannel,
+    window: tuple[int, int],
+    warnings: list[str],
+) -> list[RemoteTask]:
+    assert rec.mm is not None and rec.attrs is not None and rec.signals is not None
+    assert rec.timers is not None
+    stub_rseq = ptrace.get_rseq(main.tid)
+    if stub_rseq.pointer:  # the seed's glibc registered one; it must go before its memory
+        main.call(
+            nr.RSEQ,
+            stub_rseq.pointer,
+            stub_rseq.size,
+            RSEQ_FLAG_UNREGISTER,
+            stub_rseq.signature,
+            what="rseq unregistration",
+        )
+    restore_table(ctx, main, rec.fds, files, channel)
+    memory.replace_mm(ctx, main, rec.pid, rec.mm, window)
+    signals.restore_actions(main, rec.signals)
+    timers.restore_timers(main, rec.pid, rec.timers)
+    process.restore_attrs(main, rec.attrs, warnings)
+    tasks = [main] + [clone_thread(main, t.tid) for t in rec.threads[1:]]
+    for task, trec in zip(tasks, rec.threads, strict=True):
+        thread.restore_thread_state(task, rec.pid, trec)
+    signals.restore_shared_pending(main, rec.pid, rec.signals)
+    return tasks
+
+
+def _finish(
+    rec: ProcessRecord, tasks: list[RemoteTask], window: tuple[int, int], channel_fd: int
+) -> None:
+    """Remove every trace of ours, then become the saved threads."""
+    assert rec.creds is not None
+    main = tasks[0]
+    main.call(nr.CLOSE, channel_fd, what="close of the descriptor channel")
+    for task in tasks:  # credentials are per thread, and the last thing we may change
+        process.restore_creds(task, rec.creds)
+    main.call(nr.MUNMAP, window[0] + 4096, SCRATCH_SIZE, what="munmap of the scratch area")
+    main.call(nr.MUNMAP, window[0], 4096, what="munmap of the gadget")
+    for task, trec in zip(tasks, rec.threads, strict=True):
+        thread.load_regs(task.tid, trec)
+
+
+def _kill_seed(seed: RemoteTask) -> None:
+    try:
+        os.kill(seed.tid, 9)
+        while not ptrace.wait(seed.tid).exited:
+            pass
+    except (ProcessLookupError, VzcptError):
+        pass
+    seed.channel.close()  # type: ignore[attr-defined]

@@ -1,0 +1,91 @@
+"""The seed: the one process the restorer forks itself, from which every stub is cloned.
+
+The seed is a copy of the restorer that closes every descriptor but its end
+of the descriptor channel, resets every signal to its default, blocks them
+all and waits in read(). We seize it there: the two bytes before its `rip`
+are the `syscall` of that read, the first gadget we borrow. Through it the
+seed maps our own gadget page and scratch area at the start of the restore
+window, an address free in every saved layout; every stub cloned from the
+seed inherits both, at the same place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+
+from vzcpt.errors import VzcptError
+from vzcpt.inject.remote import (
+    MAP_ANONYMOUS,
+    MAP_FIXED_NOREPLACE,
+    MAP_PRIVATE,
+    PROT_EXEC,
+    PROT_READ,
+    RemoteTask,
+)
+from vzcpt.kernel import nr, ptrace, vm
+from vzcpt.proc import files as procfs
+
+GADGET = b"\x0f\x05\xcc"  # syscall; int3
+PAGE = 4096
+
+
+def spawn_seed(channel_fd: int, window_start: int) -> RemoteTask:
+    """Fork and seize the seed; return it ready to clone stubs from."""
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    pid = os.fork()
+    if pid == 0:  # the seed: no Python beyond this function, ever
+        try:
+            os.dup2(child_end.fileno(), channel_fd, inheritable=True)
+            os.closerange(0, channel_fd)
+            os.closerange(channel_fd + 1, 65536)
+            for signo in range(1, signal.NSIG):
+                if signo not in (signal.SIGKILL, signal.SIGSTOP):
+                    with contextlib.suppress(OSError, ValueError):
+                        signal.signal(signo, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
+            os.chdir("/")
+            while True:
+                os.read(channel_fd, 1)
+        finally:
+            os._exit(1)
+    child_end.close()
+    seed_channel = parent_end
+    options = ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_TRACEVFORK | ptrace.O_EXITKILL
+    ptrace.seize(pid, options)
+    _wait_until_blocked(pid)
+    ptrace.interrupt(pid)
+    status = ptrace.wait(pid)
+    if status.event != ptrace.EVENT_STOP:
+        raise VzcptError(f"the restore seed {pid} did not stop (status {status.status:#x})")
+    regs = ptrace.get_regs(pid)
+    if vm.read_mem(pid, regs.rip - 2, 2) != b"\x0f\x05":
+        raise VzcptError(f"the restore seed {pid} is not stopped after a syscall")
+    seed = RemoteTask(pid, regs.rip - 2)
+    seed.channel = seed_channel  # type: ignore[attr-defined]
+    seed.call(
+        nr.MMAP,
+        window_start,
+        PAGE,
+        PROT_READ | PROT_EXEC,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+        -1,
+        0,
+        what="mmap of the gadget",
+    )
+    vm.write_mem(pid, window_start, GADGET)
+    seed.gadget = window_start
+    seed.map_scratch(window_start + PAGE)
+    return seed
+
+
+def _wait_until_blocked(pid: int) -> None:
+    """Wait until the seed sits in its read(), so that its rip follows a syscall."""
+    for _ in range(5000):
+        if procfs.read(pid, "syscall").split(b" ", 1)[0] == str(nr.READ).encode():
+            return
+        time.sleep(0.001)
+    raise VzcptError(f"the restore seed {pid} never reached its read()")

@@ -1,0 +1,103 @@
+"""`vzcpt show`: what a dump file holds, at a glance or as JSON for tools.
+
+The rendering is driven by the same record declarations that encode the file
+(image/schema.py): nothing here knows a field that the records don't declare.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.tree import Tree
+
+from vzcpt.image.schema import to_jsonable
+from vzcpt.image.stream import open_dump
+from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.shmem import SharedMemRecord
+from vzcpt.resources.task_record import DumpHeader, ProcessRecord
+
+
+def render_json(path: str) -> dict[str, Any]:
+    with open_dump(path) as image:
+        records = [
+            {"type": getattr(type(r), "__record_tag__", type(r).__name__), **to_jsonable(r)}
+            for r in image.records
+        ]
+        for rec in records:
+            if rec["type"] == "process":
+                for t in rec.get("threads", []):
+                    t.pop("xstate", None)
+        pages = [
+            {"owner": run.owner, "address": run.address, "bytes": len(run.data)}
+            for run in image.pages
+        ]
+        return {"version": image.version, "size": image.size, "records": records, "pages": pages}
+
+
+def render_text(path: str) -> None:
+    console = Console(highlight=False)
+    with open_dump(path) as image:
+        header = image.records_of(DumpHeader)[0]
+        procs = image.records_of(ProcessRecord)
+        files = {f.id: f for f in image.records_of(FileDesc)}
+        page_bytes: dict[int, int] = {}
+        for run in image.pages:
+            page_bytes[run.owner] = page_bytes.get(run.owner, 0) + len(run.data)
+        console.print(
+            f"[bold]{path}[/bold]: format v{image.version}, {image.size:,} bytes, "
+            f"{header.tool}, kernel {header.kernel}, host {header.hostname}"
+        )
+        by_parent: dict[int, list[ProcessRecord]] = {}
+        for p in procs:
+            by_parent.setdefault(p.ppid, []).append(p)
+        root = next(p for p in procs if p.pid == header.root)
+        tree = Tree(_label(root, page_bytes))
+        _grow(tree, root, by_parent, files, page_bytes)
+        console.print(tree)
+        for shm in image.records_of(SharedMemRecord):
+            console.print(
+                f"shared memory {shm.id}: {shm.kind}, {shm.size:,} bytes, "
+                f"{page_bytes.get(shm.pages_owner, 0):,} stored"
+            )
+
+
+def _label(p: ProcessRecord, page_bytes: dict[int, int]) -> str:
+    if p.zombie:
+        return f"[bold]{p.pid}[/bold] <zombie, status {p.exit_status:#x}>"
+    comm = p.attrs.comm if p.attrs else "?"
+    tids = ", ".join(str(t.tid) for t in p.threads)
+    return (
+        f"[bold]{p.pid}[/bold] {comm}  pgid {p.pgid} sid {p.sid}  threads [{tids}]  "
+        f"{page_bytes.get(p.pid, 0):,} bytes of pages"
+    )
+
+
+def _grow(
+    node: Tree,
+    p: ProcessRecord,
+    by_parent: dict[int, list[ProcessRecord]],
+    files: dict[int, FileDesc],
+    page_bytes: dict[int, int],
+) -> None:
+    if p.mm is not None:
+        maps = node.add(f"{len(p.mm.vmas)} mappings")
+        for v in p.mm.vmas:
+            prot = "".join(
+                c if p_ else "-"
+                for c, p_ in zip("rwx", (v.prot & 1, v.prot & 2, v.prot & 4), strict=True)
+            )
+            maps.add(
+                f"{v.start:012x}-{v.end:012x} {prot}{'s' if v.shared else 'p'} {v.kind:<6} {v.path}"
+            )
+    if p.fds:
+        fds = node.add(f"{len(p.fds)} descriptors")
+        for e in p.fds:
+            f = files[e.file_id]
+            what = f.path or f"pipe:[{f.pipe_id}]"
+            fds.add(
+                f"{e.fd}: {f.kind} {what} pos {f.pos} flags {f.flags:#o}"
+                f"{' cloexec' if e.cloexec else ''}"
+            )
+    for child in by_parent.get(p.pid, []):
+        _grow(node.add(_label(child, page_bytes)), child, by_parent, files, page_bytes)
