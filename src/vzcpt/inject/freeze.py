@@ -51,8 +51,7 @@ class FrozenTree:
         """Kill the tree and consume the exit reports owed to us as tracer."""
         for pid in self.pids:
             _kill_quietly(pid, signal.SIGKILL)
-        for tid in self.all_tids():
-            _reap_tracee(tid)
+        reap_tracees(self.all_tids())
         # Their parents reap them; wait for that, so their pids are free on return.
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in self.pids):
@@ -132,14 +131,26 @@ def _kill_quietly(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _reap_tracee(tid: int) -> None:
-    """Wait until a killed tracee's exit report reached us (or it was never ours)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            status = ptrace.wait(tid)
-        except ProcessGone:
-            return
-        if status.exited:
-            return
-        _detach_quietly(tid, 0)
+def reap_tracees(tids: list[int]) -> None:
+    """Consume the exit reports owed to us as tracer of killed tasks.
+
+    Never block on one task: a thread-group leader reports only after all its
+    threads did, so tasks are polled together until each has reported.
+    """
+    waiting = set(tids)
+    deadline = time.monotonic() + 10
+    while waiting and time.monotonic() < deadline:
+        for tid in list(waiting):
+            try:
+                status = ptrace.wait(tid, nohang=True)
+            except ProcessGone:
+                waiting.discard(tid)
+                continue
+            if status.tid == 0:
+                continue
+            if status.exited:
+                waiting.discard(tid)
+            else:  # a last stop before death: let it go on dying
+                _detach_quietly(tid, 0)
+        if waiting:
+            time.sleep(0.001)

@@ -279,6 +279,10 @@ def replace_mm(
     saved brk, stack, argv/env, auxv and exe link are set.
     """
     _move_specials(task, pid, mm, window)
+    # Now, while no file is mapped: the kernel refuses a new exe link (EBUSY)
+    # while the old exe file is still mapped, and the stub's exe (our Python)
+    # may be the very file the saved process maps.
+    _set_mm_map(task, mm)
     for vma in mm.vmas:
         if vma.kind in ("vdso", "vvar", "vvar_vclock"):
             continue
@@ -290,7 +294,6 @@ def replace_mm(
             task.call(nr.MPROTECT, vma.start, vma.end - vma.start, vma.prot, what="mprotect")
         for advice in vma.madvise:
             task.call_raw(nr.MADVISE, vma.start, vma.end - vma.start, advice)
-    _set_mm_map(task, mm)
 
 
 def _move_specials(task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, int]) -> None:

@@ -115,10 +115,14 @@ def restore_attrs(task: RemoteTask, attrs: ProcessAttrs, warnings: list[str]) ->
     task.call(nr.SETPRIORITY, PRIO_PROCESS, 0, attrs.nice, what="setpriority")
     if attrs.subreaper:
         task.call(nr.PRCTL, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
+    restore_rlimits(task, attrs.rlimits, warnings)
+
+
+def restore_attrs_after_creds(task: RemoteTask, attrs: ProcessAttrs) -> None:
+    """What a change of credentials resets: the dumpable flag and the parent-death signal."""
     task.call(nr.PRCTL, PR_SET_DUMPABLE, attrs.dumpable, 0, 0, 0, what="PR_SET_DUMPABLE")
     if attrs.pdeathsig:
         task.call(nr.PRCTL, PR_SET_PDEATHSIG, attrs.pdeathsig, 0, 0, 0, what="PR_SET_PDEATHSIG")
-    restore_rlimits(task, attrs.rlimits, warnings)
 
 
 def restore_rlimits(
@@ -140,7 +144,7 @@ def restore_rlimits(
             )
 
 
-def restore_creds(task: RemoteTask, creds: Creds) -> None:
+def restore_creds(task: RemoteTask, creds: Creds, restorer_caps: int) -> None:
     """Become who the thread was. Runs last: afterwards we may lack privileges."""
     for cap in range(CAP_LAST + 1):
         if not creds.cap_bnd & (1 << cap):
@@ -153,8 +157,9 @@ def restore_creds(task: RemoteTask, creds: Creds) -> None:
     task.call(nr.SETRESUID, *creds.uids[:3], what="setresuid")
     task.call_raw(nr.SETFSGID, creds.gids[3])
     task.call_raw(nr.SETFSUID, creds.uids[3])
-    # Keep every permitted capability effective while finishing up.
-    _capset(task, creds.cap_prm | creds.cap_eff, creds.cap_prm, creds.cap_inh)
+    # setresuid() away from root cleared the effective set; the stub still
+    # permits what the restorer had: make all of it effective to finish up.
+    _capset(task, restorer_caps, restorer_caps, creds.cap_inh & restorer_caps)
     task.call(nr.PRCTL, PR_SET_SECUREBITS, creds.securebits, 0, 0, 0, what="PR_SET_SECUREBITS")
     for cap in range(CAP_LAST + 1):
         if creds.cap_amb & (1 << cap):

@@ -21,16 +21,21 @@ restore leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import signal
 import time
 
 from vzcpt.errors import KernelMismatch, VzcptError
 from vzcpt.image.stream import DumpImage, open_dump
 from vzcpt.inject.fdpass import FdChannel
+from vzcpt.inject.freeze import reap_tracees
 from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask
 from vzcpt.kernel import nr, ptrace
 from vzcpt.kernel.probes import vdso_fingerprint
+from vzcpt.proc import files as procfs
+from vzcpt.proc.status import parse_status
 from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import RestoreContext, Stats
 from vzcpt.resources.fds import FileDesc
@@ -170,18 +175,22 @@ def _finish(
     main = tasks[0]
     main.call(nr.CLOSE, channel_fd, what="close of the descriptor channel")
     for task in tasks:  # credentials are per thread, and the last thing we may change
-        process.restore_creds(task, rec.creds)
+        process.restore_creds(task, rec.creds, _own_permitted_caps())
+    assert rec.attrs is not None
+    process.restore_attrs_after_creds(main, rec.attrs)
     main.call(nr.MUNMAP, window[0] + 4096, SCRATCH_SIZE, what="munmap of the scratch area")
     main.call(nr.MUNMAP, window[0], 4096, what="munmap of the gadget")
     for task, trec in zip(tasks, rec.threads, strict=True):
         thread.load_regs(task.tid, trec)
 
 
+def _own_permitted_caps() -> int:
+    """The stubs inherited the restorer's capabilities."""
+    return parse_status(procfs.read(os.getpid(), "status")).cap_prm
+
+
 def _kill_seed(seed: RemoteTask) -> None:
-    try:
-        os.kill(seed.tid, 9)
-        while not ptrace.wait(seed.tid).exited:
-            pass
-    except (ProcessLookupError, VzcptError):
-        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(seed.tid, signal.SIGKILL)
+    reap_tracees([seed.tid])
     seed.channel.close()  # type: ignore[attr-defined]

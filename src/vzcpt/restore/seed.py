@@ -1,9 +1,8 @@
 """The seed: the one process the restorer forks itself, from which every stub is cloned.
 
 The seed is a copy of the restorer that closes every descriptor but its end
-of the descriptor channel, resets every signal to its default, blocks them
-all and waits in read(). We seize it there: the two bytes before its `rip`
-are the `syscall` of that read, the first gadget we borrow. Through it the
+of the descriptor channel, blocks every signal and waits in read(). We
+seize it there: the two bytes before its `rip` are the `syscall` of that read, the first gadget we borrow. Through it the
 seed maps our own gadget page and scratch area at the start of the restore
 window, an address free in every saved layout; every stub cloned from the
 seed inherits both, at the same place.
@@ -11,7 +10,6 @@ seed inherits both, at the same place.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -42,10 +40,6 @@ def spawn_seed(channel_fd: int, window_start: int) -> RemoteTask:
             os.dup2(child_end.fileno(), channel_fd, inheritable=True)
             os.closerange(0, channel_fd)
             os.closerange(channel_fd + 1, 65536)
-            for signo in range(1, signal.NSIG):
-                if signo not in (signal.SIGKILL, signal.SIGSTOP):
-                    with contextlib.suppress(OSError, ValueError):
-                        signal.signal(signo, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
             os.chdir("/")
             while True:
@@ -79,7 +73,20 @@ def spawn_seed(channel_fd: int, window_start: int) -> RemoteTask:
     vm.write_mem(pid, window_start, GADGET)
     seed.gadget = window_start
     seed.map_scratch(window_start + PAGE)
+    _default_dispositions(seed)
     return seed
+
+
+def _default_dispositions(seed: RemoteTask) -> None:
+    """Every signal at SIG_DFL with no flags, as in a fresh process; stubs inherit it.
+
+    Python's own signal.signal() would leave SA_ONSTACK set, which a restored
+    program could see.
+    """
+    seed.put(0, bytes(32))  # struct kernel_sigaction: SIG_DFL, no flags, no mask
+    for signo in range(1, 65):
+        if signo not in (signal.SIGKILL, signal.SIGSTOP):
+            seed.call(nr.RT_SIGACTION, signo, seed.scratch, 0, 8, what="rt_sigaction")
 
 
 def _wait_until_blocked(pid: int) -> None:

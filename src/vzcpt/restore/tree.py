@@ -19,10 +19,12 @@ import ctypes
 import os
 import signal
 
-from vzcpt.errors import PidBusy, ProcessGone, SyscallFailed, Unsupported, VzcptError
+from vzcpt.errors import PidBusy, SyscallFailed, Unsupported, VzcptError
+from vzcpt.inject.freeze import reap_tracees
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, ptrace
 from vzcpt.kernel.threads import CLONE_PARENT, THREAD_FLAGS, CloneArgs
+from vzcpt.proc import files as procfs
 from vzcpt.resources.task_record import ProcessRecord
 
 EEXIST = 17
@@ -132,15 +134,14 @@ class TreeBuilder:
                 _die(self.tasks.pop(rec.pid), rec.exit_status)
 
     def kill_all(self) -> None:
-        for pid in reversed(self.created):
+        """Remove every process made so far: a failed restore leaves nothing behind."""
+        tids: list[int] = []
+        for pid in self.created:
+            with contextlib.suppress(VzcptError):
+                tids.extend(procfs.tids(pid))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for pid in reversed(self.created):
-            try:
-                while not ptrace.wait(pid).exited:
-                    pass
-            except ProcessGone:
-                pass
+        reap_tracees(tids)
 
 
 def _die(task: RemoteTask, status: int) -> None:
