@@ -1,11 +1,11 @@
 """The seed: the one process the restorer forks itself, from which every stub is cloned.
 
 The seed is a copy of the restorer that closes every descriptor but its end
-of the descriptor channel, blocks every signal and waits in read(). We
-seize it there: the two bytes before its `rip` are the `syscall` of that read, the first gadget we borrow. Through it the
-seed maps our own gadget page and scratch area at the start of the restore
-window, an address free in every saved layout; every stub cloned from the
-seed inherits both, at the same place.
+of the descriptor channel, blocks every signal and waits in read(). We seize
+it there: the two bytes before its `rip` are the `syscall` of that read, the
+first gadget we borrow. Through it the seed maps our own gadget page and
+scratch area at the start of the restore window, an address free in every
+saved layout; every stub cloned from the seed inherits both, at the same place.
 """
 
 from __future__ import annotations
