@@ -9,6 +9,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -119,10 +120,17 @@ def test_read_process_and_thread() -> None:
 
 
 def test_read_large_file_in_pieces() -> None:
-    # smaps of a Python process is far larger than one seq_file page.
-    data = files.read(SELF, "smaps")
-    assert len(data) > 16384
-    assert len(parse_smaps_flags(data)) == len(parse_maps(files.read(SELF, "maps")))
+    # smaps of a Python process is far larger than one seq_file page. Our own
+    # mappings change as we run, so compare against a child that holds still.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        data = files.read(child.pid, "smaps")
+        assert len(data) > 16384
+        assert len(parse_smaps_flags(data)) == len(parse_maps(files.read(child.pid, "maps")))
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_read_range_of_mem(sleeper: int) -> None:

@@ -52,10 +52,6 @@ class FrozenTree:
         for pid in self.pids:
             _kill_quietly(pid, signal.SIGKILL)
         reap_tracees(self.all_tids())
-        # Their parents reap them; wait for that, so their pids are free on return.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in self.pids):
-            time.sleep(0.005)
 
 
 def freeze_tree(root: int) -> FrozenTree:

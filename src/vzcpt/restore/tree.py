@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import time
 
 from vzcpt.errors import PidBusy, SyscallFailed, Unsupported, VzcptError
 from vzcpt.inject.freeze import reap_tracees
@@ -25,6 +26,7 @@ from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, ptrace
 from vzcpt.kernel.threads import CLONE_PARENT, THREAD_FLAGS, CloneArgs
 from vzcpt.proc import files as procfs
+from vzcpt.proc.stat import parse_stat
 from vzcpt.resources.task_record import ProcessRecord
 
 EEXIST = 17
@@ -35,7 +37,7 @@ def check_ids(procs: list[ProcessRecord], root: int) -> None:
     pids = {p.pid for p in procs}
     for p in procs:
         for tid in [p.pid] + [t.tid for t in p.threads[1:]]:
-            if os.path.exists(f"/proc/{tid}"):
+            if not _free_soon(tid):
                 raise PidBusy(
                     f"pid {tid} (process {p.pid} of the dump) is in use on this host: "
                     "stop whatever holds it, or restore in a fresh pid namespace"
@@ -51,6 +53,20 @@ def check_ids(procs: list[ProcessRecord], root: int) -> None:
                     f"process {p.pid} is in {what} {ident}, whose leader is gone: "
                     "restoring such orphaned groups is not supported yet"
                 )
+
+
+def _free_soon(pid: int, patience: float = 3.0) -> bool:
+    """Is the pid free? A zombie (the dumped original not yet reaped by its
+    parent) gets a few seconds to go away."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            state = parse_stat(procfs.read(pid, "stat")).state
+        except VzcptError:
+            return True
+        if state not in "ZX" or time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def clone_stub(creator: RemoteTask, pid: int, flags: int, exit_signal: int) -> RemoteTask:
