@@ -49,29 +49,43 @@ def dump_tree(
     tree = freeze_tree(root)
     stats.add_time("freeze", time.monotonic() - started)
     out: BinaryIO | None = None
+    resumed = False
     try:
         out = create_dumpfile(dumpfile)
         collect_started = time.monotonic()
         _write_dump(tree, out, compress, stats)
         stats.add_time("dump", time.monotonic() - collect_started)
+        if leave == "running":
+            # Everything is captured: a tree that runs on needn't wait for the disk.
+            tree.resume()
+            resumed = True
+            stats.add_time("frozen", time.monotonic() - tree.frozen_at)
         if dumpfile != "-":
-            out.flush()
-            os.fsync(out.fileno())
-            verify_started = time.monotonic()
-            open_dump(dumpfile).close()
-            stats.add_time("verify", time.monotonic() - verify_started)
+            _sync_and_verify(out, dumpfile, stats)
     except BaseException:
-        tree.resume()
+        if not resumed:
+            tree.resume()
         if out is not None and dumpfile != "-":
             out.close()
             os.unlink(dumpfile)
         raise
     if out is not None and dumpfile != "-":
         out.close()
-    stats.add_time("frozen", time.monotonic() - tree.frozen_at)
-    {"kill": tree.kill, "running": tree.resume, "stopped": tree.leave_stopped}[leave]()
+    if leave != "running":
+        # The tree is let go (killed or stopped) only once its dump is safe.
+        stats.add_time("frozen", time.monotonic() - tree.frozen_at)
+        {"kill": tree.kill, "stopped": tree.leave_stopped}[leave]()
     stats.add_time("total", time.monotonic() - started)
     return stats
+
+
+def _sync_and_verify(out: BinaryIO, dumpfile: str, stats: Stats) -> None:
+    """The dump is on disk and reads back whole, checksums and all."""
+    started = time.monotonic()
+    out.flush()
+    os.fsync(out.fileno())
+    open_dump(dumpfile).close()
+    stats.add_time("sync+verify", time.monotonic() - started)
 
 
 def _write_dump(tree: FrozenTree, out: BinaryIO, compress: bool, stats: Stats) -> None:
