@@ -144,7 +144,11 @@ class Program:
     @classmethod
     def start(cls, name: str, *args: str | int, tmp_path: Path) -> Self:
         """Build NAME and run it in its own session, cwd tmp_path."""
-        binary = build(name)
+        return cls.command(name, [str(build(name))], *args, tmp_path=tmp_path)
+
+    @classmethod
+    def command(cls, name: str, argv: list[str], *args: str | int, tmp_path: Path) -> Self:
+        """Run `argv REPORT ARGS...` (any program that follows the protocol) like start()."""
         tmp_path.mkdir(parents=True, exist_ok=True)
         stem, n = name, 1
         while (tmp_path / f"{stem}.report").exists():
@@ -154,7 +158,7 @@ class Program:
         report.touch()
         with open(log, "ab") as logf, open(os.devnull, "rb") as devnull:
             popen = subprocess.Popen(
-                [str(binary), str(report), *map(str, args)],
+                [*argv, str(report), *map(str, args)],
                 stdin=devnull,
                 stdout=logf,
                 stderr=logf,

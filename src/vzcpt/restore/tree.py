@@ -30,29 +30,35 @@ from vzcpt.proc.stat import parse_stat
 from vzcpt.resources.task_record import ProcessRecord
 
 EEXIST = 17
+SIGCHLD = 17
+WALL = 0x40000000
+
+
+def inherited_ids(procs: list[ProcessRecord], root: int) -> set[int]:
+    """Session and group ids the root had from outside the tree: it keeps the restorer's."""
+    rec = next(p for p in procs if p.pid == root)
+    return {rec.sid, rec.pgid} - {p.pid for p in procs}
+
+
+def orphaned_ids(procs: list[ProcessRecord], root: int) -> set[int]:
+    """Sessions and process groups whose leader is gone: each needs a helper with that pid."""
+    pids = {p.pid for p in procs}
+    outside = inherited_ids(procs, root)
+    return {i for p in procs for i in (p.sid, p.pgid) if i not in pids and i not in outside}
 
 
 def check_ids(procs: list[ProcessRecord], root: int) -> None:
-    """Refuse, before creating anything, what cannot be rebuilt."""
-    pids = {p.pid for p in procs}
-    for p in procs:
-        for tid in [p.pid] + [t.tid for t in p.threads[1:]]:
-            if not _free_soon(tid):
-                raise PidBusy(
-                    f"pid {tid} (process {p.pid} of the dump) is in use on this host: "
-                    "stop whatever holds it, or restore in a fresh pid namespace"
-                )
-    by_pid = {p.pid: p for p in procs}
-    for p in procs:
-        if p.pid == root:
-            continue
-        for what, ident in (("session", p.sid), ("process group", p.pgid)):
-            outside_but_inherited = ident == by_pid[root].sid or ident == by_pid[root].pgid
-            if ident not in pids and not outside_but_inherited:
-                raise Unsupported(
-                    f"process {p.pid} is in {what} {ident}, whose leader is gone: "
-                    "restoring such orphaned groups is not supported yet"
-                )
+    """Refuse, before creating anything, a pid the tree needs that is taken."""
+    wanted = [(p.pid, p.pid) for p in procs]
+    wanted += [(t.tid, p.pid) for p in procs for t in p.threads[1:]]
+    wanted += [(i, 0) for i in sorted(orphaned_ids(procs, root))]
+    for pid, owner in wanted:
+        if not _free_soon(pid):
+            what = f"process {owner} of the dump" if owner else "a session or group id of the dump"
+            raise PidBusy(
+                f"pid {pid} ({what}) is in use on this host: "
+                "stop whatever holds it, or restore in a fresh pid namespace"
+            )
 
 
 def _free_soon(pid: int, patience: float = 3.0) -> bool:
@@ -94,6 +100,12 @@ def clone_thread(main: RemoteTask, tid: int) -> RemoteTask:
 
 
 class TreeBuilder:
+    """Makes the stubs. Sessions and process groups whose leader is gone are
+    rebuilt with helpers: a stub with the leader's pid that founds the session
+    (setsid) or group (setpgid) and, for a session, clones its members with
+    CLONE_PARENT so their parent is still the right one; helpers exit and
+    are reaped by their parent before anything runs."""
+
     def __init__(self, seed: RemoteTask, procs: list[ProcessRecord], root: int) -> None:
         self.seed = seed
         self.procs = {p.pid: p for p in procs}
@@ -102,46 +114,89 @@ class TreeBuilder:
             if p.pid != root:
                 self.children.setdefault(p.ppid, []).append(p)
         self.root = root
+        self.inherited = inherited_ids(procs, root)
         self.tasks: dict[int, RemoteTask] = {}  # live stubs by pid
-        self.created: list[int] = []  # every pid made, zombies included, in order
+        self.created: list[int] = []  # every pid made, zombies and helpers included
+        self.session_of: dict[int, int] = {}  # the session each stub is in now
+        self.helpers: dict[int, tuple[RemoteTask, int]] = {}  # id -> (helper, its parent)
 
     def build(self) -> dict[int, RemoteTask]:
         root = self.procs[self.root]
         # clone3 takes no exit signal with CLONE_PARENT: the seed's (SIGCHLD) is inherited.
         task = clone_stub(self.seed, root.pid, CLONE_PARENT, 0)
+        self.session_of[root.pid] = root.sid if root.sid != root.pid else -1
         self._grow(root, task)
         self._join_groups()
+        self._dismiss_helpers()
         return self.tasks
 
     def _grow(self, rec: ProcessRecord, task: RemoteTask) -> None:
         self.created.append(rec.pid)
         self.tasks[rec.pid] = task
         kids = self.children.get(rec.pid, [])
-        leads_session = rec.sid == rec.pid
-        first = [k for k in kids if leads_session and k.sid != rec.pid]
-        for kid in first:
-            self._child(task, kid)
-        if leads_session:
+        if rec.sid == rec.pid:
+            # Children that stayed in the old session were cloned before setsid().
+            first = [k for k in kids if k.sid == self.session_of[rec.pid]]
+            for kid in first:
+                self._child(rec.pid, task, kid)
             task.call(nr.SETSID, what="setsid")
+            self.session_of[rec.pid] = rec.pid
+            kids = [k for k in kids if k not in first]
         for kid in kids:
-            if kid not in first:
-                self._child(task, kid)
+            self._child(rec.pid, task, kid)
 
-    def _child(self, parent: RemoteTask, rec: ProcessRecord) -> None:
-        task = clone_stub(parent, rec.pid, 0, rec.exit_signal)
+    def _child(self, parent: int, parent_task: RemoteTask, rec: ProcessRecord) -> None:
+        if rec.sid in (rec.pid, self.session_of[parent]):
+            task = clone_stub(parent_task, rec.pid, 0, rec.exit_signal)
+        elif rec.sid not in self.procs:
+            helper = self._helper(rec.sid, parent, parent_task, nr.SETSID)
+            task = clone_stub(helper, rec.pid, CLONE_PARENT, 0)
+        else:
+            raise Unsupported(
+                f"process {rec.pid} is in session {rec.sid}, which its parent {parent} "
+                "is not in: vzcpt cannot rebuild that session yet"
+            )
+        self.session_of[rec.pid] = rec.sid
         if rec.zombie:
             self.created.append(rec.pid)
             self.tasks[rec.pid] = task  # dies in become_zombies(), after groups are joined
             return
         self._grow(rec, task)
 
+    def _helper(self, ident: int, parent: int, parent_task: RemoteTask, found: int) -> RemoteTask:
+        """The stand-in for a gone leader: a stub with its pid that founds its session or group."""
+        if ident in self.helpers:
+            helper, helper_parent = self.helpers[ident]
+            if helper_parent != parent and found == nr.SETSID:
+                raise Unsupported(
+                    f"the members of session {ident}, whose leader is gone, have different "
+                    "parents: vzcpt cannot rebuild that session yet"
+                )
+            return helper
+        helper = clone_stub(parent_task, ident, 0, SIGCHLD)
+        self.created.append(ident)
+        if found == nr.SETSID:
+            helper.call(nr.SETSID, what="setsid in a session helper")
+        else:
+            helper.call(nr.SETPGID, 0, 0, what="setpgid in a group helper")
+        self.helpers[ident] = (helper, parent)
+        return helper
+
     def _join_groups(self) -> None:
         for rec in sorted(self.procs.values(), key=lambda p: p.pgid != p.pid):
+            if rec.sid == rec.pid or rec.pgid in self.inherited:
+                continue  # a session leader leads its group; an inherited group is joined
             task = self.tasks[rec.pid]
-            if rec.sid == rec.pid:
-                continue  # setsid made it the leader of its own group already
-            if rec.pgid == rec.pid or rec.pgid in self.procs:
-                task.call(nr.SETPGID, 0, rec.pgid, what=f"setpgid to {rec.pgid}")
+            if rec.pgid not in self.procs and rec.pgid not in self.helpers:
+                self._helper(rec.pgid, rec.pid, task, nr.SETPGID)
+            task.call(nr.SETPGID, 0, rec.pgid, what=f"setpgid to {rec.pgid}")
+
+    def _dismiss_helpers(self) -> None:
+        """Helpers exit once their groups have members; their parents reap them."""
+        for ident, (helper, parent) in self.helpers.items():
+            _die(helper, 0)
+            self.tasks[parent].call(nr.WAIT4, ident, 0, WALL, 0, what="wait4 of a helper")
+        self.helpers.clear()
 
     def become_zombies(self) -> None:
         """Let the saved zombies die the way they died; their parents will reap them."""
