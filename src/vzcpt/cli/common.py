@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 from vzcpt.errors import VzcptError
@@ -37,3 +38,24 @@ def print_stats(stats: Stats) -> None:
     print(f"  {'bytes:':<20} {stats.bytes:10d}", file=out)
     for line in stats.warnings:
         print(f"  warning: {line}", file=out)
+
+
+class ProgressLine:
+    """One self-rewriting line on a terminal while a long operation runs; silent otherwise."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, what: str, done_bytes: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.1:
+            return
+        self._last = now
+        sys.stderr.write(f"\r\033[K{what}: {done_bytes / (1 << 20):,.0f} MiB")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self._last:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vzcpt.cli.common import print_stats, run
+from vzcpt.cli.common import ProgressLine, print_stats, run
 from vzcpt.resources.context import Stats
 
 
@@ -60,7 +60,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         leave: Leave = (
             "running" if args.leave_running else "stopped" if args.leave_stopped else "kill"
         )
-        stats = dump_tree(args.pid, args.dumpfile, leave=leave, compress=args.compress)
+        progress = ProgressLine()
+        try:
+            stats = dump_tree(
+                args.pid,
+                args.dumpfile,
+                leave=leave,
+                compress=args.compress,
+                stats=Stats(on_progress=progress),
+            )
+        finally:
+            progress.done()
         if args.stats:
             print("dump statistics:", file=sys.stderr)
             print_stats(stats)
@@ -68,8 +78,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "restore":
         from vzcpt.restore import restore_tree
 
-        stats = Stats()
-        root = restore_tree(args.dumpfile, leave_stopped=args.leave_stopped, stats=stats)
+        progress = ProgressLine()
+        stats = Stats(on_progress=progress)
+        try:
+            root = restore_tree(args.dumpfile, leave_stopped=args.leave_stopped, stats=stats)
+        finally:
+            progress.done()
         print(root)
         if args.stats:
             print("restore statistics:", file=sys.stderr)

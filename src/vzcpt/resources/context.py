@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,12 @@ class Stats:
     threads: int = 0
     files: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Called as work advances (what, bytes so far), e.g. to draw a progress line.
+    on_progress: Callable[[str, int], None] | None = None
+
+    def progress(self, what: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(what, self.bytes)
 
     def add_time(self, phase: str, seconds: float) -> None:
         self.times[phase] = self.times.get(phase, 0.0) + seconds

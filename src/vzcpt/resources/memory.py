@@ -227,6 +227,7 @@ def write_nonzero(ctx: DumpContext, owner: int, address: int, buf: bytearray | m
         ctx.writer.write_pages(owner, address + first * PAGE_SIZE, data)
         ctx.stats.pages += count
         ctx.stats.bytes += count * PAGE_SIZE
+    ctx.stats.progress("dumping memory")
 
 
 # ---------------------------------------------------------------- restore
@@ -399,6 +400,7 @@ def _fill_private_pages(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmR
         vm.write_ranges(task.tid, [(run.address, len(run.data))], run.data)
         ctx.stats.pages += len(run.data) // PAGE_SIZE
         ctx.stats.bytes += len(run.data)
+        ctx.stats.progress(f"restoring memory of {pid}")
 
 
 def _set_mm_map(task: RemoteTask, mm: MmRecord) -> None:
