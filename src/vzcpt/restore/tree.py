@@ -156,8 +156,11 @@ class TreeBuilder:
                 f"process {rec.pid} is in session {rec.sid}, which its parent {parent} "
                 "is not in: vzcpt cannot rebuild that session yet"
             )
-        self.session_of[rec.pid] = rec.sid
+        # A future session leader is still in its parent's session: _grow calls setsid().
+        self.session_of[rec.pid] = self.session_of[parent] if rec.sid == rec.pid else rec.sid
         if rec.zombie:
+            if rec.sid == rec.pid:
+                task.call(nr.SETSID, what="setsid")
             self.created.append(rec.pid)
             self.tasks[rec.pid] = task  # dies in become_zombies(), after groups are joined
             return
