@@ -50,3 +50,13 @@ def check(result: int, what: str, pid: int | None = None) -> int:
             raise ProcessGone(f"process {pid} is gone")
         raise SyscallFailed(what, err)
     return result
+
+
+def own_personality() -> int:
+    """personality(0xffffffff): this process's execution domain, unchanged."""
+    return int(libc.personality(ctypes.c_ulong(0xFFFFFFFF)))
+
+
+def own_securebits() -> int:
+    PR_GET_SECUREBITS = 27
+    return check(int(libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)), "PR_GET_SECUREBITS")

@@ -74,6 +74,31 @@ def _transfer(
     return done
 
 
+def write_runs(pid: int, runs: Sequence[tuple[int, memoryview]]) -> int:
+    """Write each local buffer to its remote address, up to IOV_MAX runs per syscall."""
+    done = 0
+    for first in range(0, len(runs), IOV_MAX):
+        chunk = runs[first : first + IOV_MAX]
+        local = (IoVec * len(chunk))(*(IoVec(_buffer_address(d, 0), len(d)) for _, d in chunk))
+        remote = (IoVec * len(chunk))(*(IoVec(a, len(d)) for a, d in chunk))
+        total = sum(len(d) for _, d in chunk)
+        moved = syscall(
+            nr.PROCESS_VM_WRITEV,
+            pid,
+            local,
+            len(chunk),
+            remote,
+            len(chunk),
+            0,
+            what=f"process_vm_writev to {pid}",
+            pid=pid,
+        )
+        if moved != total:
+            raise SyscallFailed(f"short memory write to process {pid}", 14)
+        done += moved
+    return done
+
+
 def read_mem(pid: int, address: int, length: int) -> bytes:
     """Read through /proc/PID/mem (works on any readable mapping, vDSO included)."""
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)

@@ -289,17 +289,61 @@ def replace_mm(
     # while the old exe file is still mapped, and the stub's exe (our Python)
     # may be the very file the saved process maps.
     _set_mm_map(task, mm)
+    runs = ctx.image.pages_of(pid)
+    filled = _vmas_with_pages(mm.vmas, [(r.address, len(r.data)) for r in runs])
+    files = _TaskFiles(task)
+    try:
+        for vma in mm.vmas:
+            if vma.kind not in ("vdso", "vvar", "vvar_vclock"):
+                _map_vma(ctx, task, vma, files, writable=vma.start in filled)
+    finally:
+        files.close()
+    vm.write_runs(task.tid, [(r.address, r.data) for r in runs])
+    ctx.stats.pages += sum(len(r.data) for r in runs) // PAGE_SIZE
+    ctx.stats.bytes += sum(len(r.data) for r in runs)
+    ctx.stats.progress(f"restoring memory of {pid}")
     for vma in mm.vmas:
-        if vma.kind in ("vdso", "vvar", "vvar_vclock"):
-            continue
-        _map_vma(ctx, task, pid, vma)
-    _fill_private_pages(ctx, task, pid, mm)
-    for vma in mm.vmas:
-        needs_write = vma.kind in ("anon", "file") and not vma.shared
-        if needs_write and not vma.prot & PROT_WRITE:
+        if vma.start in filled and not vma.prot & PROT_WRITE:
             task.call(nr.MPROTECT, vma.start, vma.end - vma.start, vma.prot, what="mprotect")
         for advice in vma.madvise:
             task.call_raw(nr.MADVISE, vma.start, vma.end - vma.start, advice)
+
+
+def _vmas_with_pages(vmas: list[VmaRecord], runs: list[tuple[int, int]]) -> set[int]:
+    """Starts of the mappings that receive saved pages (both lists sorted by address)."""
+    filled: set[int] = set()
+    i = 0
+    ordered = sorted(vmas, key=lambda v: v.start)
+    for address, length in sorted(runs):
+        while i < len(ordered) and ordered[i].end <= address:
+            i += 1
+        j = i
+        while j < len(ordered) and ordered[j].start < address + length:
+            filled.add(ordered[j].start)
+            j += 1
+    return filled
+
+
+class _TaskFiles:
+    """Files opened inside the task for mapping, each once, closed together."""
+
+    def __init__(self, task: RemoteTask) -> None:
+        self.task = task
+        self.fds: dict[tuple[str, int], int] = {}
+
+    def open(self, path: str, access: int) -> int:
+        key = (path, access)
+        if key not in self.fds:
+            address = self.task.put(0, path.encode() + b"\0")
+            self.fds[key] = self.task.call(
+                nr.OPEN, address, access | os.O_CLOEXEC, 0, what=f"open {path}"
+            )
+        return self.fds[key]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            self.task.call_raw(nr.CLOSE, fd)
+        self.fds.clear()
 
 
 def _move_specials(task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, int]) -> None:
@@ -351,56 +395,44 @@ def _move_specials(task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, 
             )
 
 
-def _map_vma(ctx: RestoreContext, task: RemoteTask, pid: int, vma: VmaRecord) -> None:
+def _map_vma(
+    ctx: RestoreContext, task: RemoteTask, vma: VmaRecord, files: _TaskFiles, writable: bool
+) -> None:
+    """Map one saved mapping; writable for now when saved pages are to be written into it."""
     length = vma.end - vma.start
+    prot = vma.prot | (PROT_WRITE if writable else 0)
     if vma.kind == "anon":
         flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | (MAP_GROWSDOWN if vma.growsdown else 0)
         task.call(
             nr.MMAP,
             vma.start,
             length,
-            vma.prot | PROT_WRITE,
+            prot,
             flags,
             -1,
             0,
             what=f"mmap of anonymous memory at {vma.start:#x}",
         )
-        return
-    if vma.kind == "file":
+    elif vma.kind == "file":
         access = os.O_RDWR if vma.shared and vma.prot & PROT_WRITE else os.O_RDONLY
-        path = task.put(0, vma.path.encode() + b"\0")
-        fd = task.call(nr.OPEN, path, access | os.O_CLOEXEC, 0, what=f"open {vma.path}")
-        try:
-            prot = vma.prot if vma.shared else vma.prot | PROT_WRITE
-            flags = (MAP_SHARED if vma.shared else MAP_PRIVATE) | MAP_FIXED
-            task.call(
-                nr.MMAP,
-                vma.start,
-                length,
-                prot,
-                flags,
-                fd,
-                vma.offset,
-                what=f"mmap of {vma.path} at {vma.start:#x}",
-            )
-        finally:
-            task.call(nr.CLOSE, fd, what="close")
-        return
-    if vma.kind in ("shmem", "sysv"):
+        fd = files.open(vma.path, access)
+        flags = (MAP_SHARED if vma.shared else MAP_PRIVATE) | MAP_FIXED
+        task.call(
+            nr.MMAP,
+            vma.start,
+            length,
+            prot,
+            flags,
+            fd,
+            vma.offset,
+            what=f"mmap of {vma.path} at {vma.start:#x}",
+        )
+    elif vma.kind in ("shmem", "sysv"):
         shmem.map_shared(
             ctx, task, vma.start, vma.end, vma.prot, vma.offset, vma.kind, vma.shmem_id
         )
-        return
-    raise Unsupported(f"process {pid}: cannot restore a mapping of kind {vma.kind}")
-
-
-def _fill_private_pages(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) -> None:
-    runs = ctx.image.pages_of(pid)
-    for run in runs:
-        vm.write_ranges(task.tid, [(run.address, len(run.data))], run.data)
-        ctx.stats.pages += len(run.data) // PAGE_SIZE
-        ctx.stats.bytes += len(run.data)
-        ctx.stats.progress(f"restoring memory of {pid}")
+    else:
+        raise Unsupported(f"process {task.tid}: cannot restore a mapping of kind {vma.kind}")
 
 
 def _set_mm_map(task: RemoteTask, mm: MmRecord) -> None:

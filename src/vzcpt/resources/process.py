@@ -12,10 +12,12 @@ need privileges the restored program may not have).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from vzcpt.inject.remote import RemoteTask, errno_of
 from vzcpt.kernel import nr
+from vzcpt.kernel.libc import own_personality, own_securebits
 from vzcpt.proc import files as procfs
 from vzcpt.proc.limits import parse_limits
 from vzcpt.proc.stat import parse_stat
@@ -104,18 +106,66 @@ def dump_attrs(pid: int, task: RemoteTask) -> ProcessAttrs:
     )
 
 
-def restore_attrs(task: RemoteTask, attrs: ProcessAttrs, warnings: list[str]) -> None:
-    task.call(nr.UMASK, attrs.umask, what="umask")
-    task.call(nr.PERSONALITY, attrs.personality, what="personality")
-    path = task.put(0, attrs.cwd.encode() + b"\0")
-    task.call(nr.CHDIR, path, what=f"chdir {attrs.cwd}")
-    if attrs.root != "/":
+@dataclass(frozen=True)
+class Baseline:
+    """What every stub starts with: the restorer's own settings, inherited
+    through the seed (whose cwd is /). Only what differs is set, which saves
+    many injected syscalls per process."""
+
+    attrs: ProcessAttrs
+    creds: Creds
+
+
+def restorer_baseline() -> Baseline:
+    me = os.getpid()
+    st = parse_status(procfs.read(me, "status"))
+    stat = parse_stat(procfs.read(me, "stat"))
+    attrs = ProcessAttrs(
+        comm="",
+        umask=st.umask or 0,
+        nice=stat.nice,
+        personality=own_personality(),
+        cwd="/",
+        root="/",
+        pdeathsig=0,
+        dumpable=1,
+        subreaper=False,
+        rlimits=parse_limits(procfs.read(me, "limits")),
+    )
+    creds = Creds(
+        uids=st.uid,
+        gids=st.gid,
+        groups=list(st.groups),
+        cap_inh=st.cap_inh,
+        cap_prm=st.cap_prm,
+        cap_eff=st.cap_eff,
+        cap_bnd=st.cap_bnd,
+        cap_amb=st.cap_amb,
+        securebits=own_securebits(),
+        no_new_privs=bool(st.no_new_privs),
+    )
+    return Baseline(attrs, creds)
+
+
+def restore_attrs(
+    task: RemoteTask, attrs: ProcessAttrs, base: ProcessAttrs, warnings: list[str]
+) -> None:
+    if attrs.umask != base.umask:
+        task.call(nr.UMASK, attrs.umask, what="umask")
+    if attrs.personality != base.personality:
+        task.call(nr.PERSONALITY, attrs.personality, what="personality")
+    if attrs.cwd != base.cwd:
+        path = task.put(0, attrs.cwd.encode() + b"\0")
+        task.call(nr.CHDIR, path, what=f"chdir {attrs.cwd}")
+    if attrs.root != base.root:
         path = task.put(0, attrs.root.encode() + b"\0")
         task.call(nr.CHROOT, path, what=f"chroot {attrs.root}")
-    task.call(nr.SETPRIORITY, PRIO_PROCESS, 0, attrs.nice, what="setpriority")
+    if attrs.nice != base.nice:
+        task.call(nr.SETPRIORITY, PRIO_PROCESS, 0, attrs.nice, what="setpriority")
     if attrs.subreaper:
         task.call(nr.PRCTL, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
-    restore_rlimits(task, attrs.rlimits, warnings)
+    changed = {r: v for r, v in attrs.rlimits.items() if base.rlimits.get(r) != v}
+    restore_rlimits(task, changed, warnings)
 
 
 def restore_attrs_after_creds(task: RemoteTask, attrs: ProcessAttrs) -> None:
@@ -144,10 +194,13 @@ def restore_rlimits(
             )
 
 
-def restore_creds(task: RemoteTask, creds: Creds, restorer_caps: int) -> None:
+def restore_creds(task: RemoteTask, creds: Creds, base: Creds) -> None:
     """Become who the thread was. Runs last: afterwards we may lack privileges."""
+    if creds == base:
+        return  # the restorer's own: the stub has them already
+    restorer_caps = base.cap_prm
     for cap in range(CAP_LAST + 1):
-        if not creds.cap_bnd & (1 << cap):
+        if base.cap_bnd & (1 << cap) and not creds.cap_bnd & (1 << cap):
             task.call_raw(nr.PRCTL, PR_CAPBSET_DROP, cap, 0, 0, 0)
     task.call(nr.PRCTL, PR_SET_KEEPCAPS, 1, 0, 0, 0, what="PR_SET_KEEPCAPS")
     groups = b"".join(g.to_bytes(4, "little") for g in creds.groups)

@@ -34,8 +34,6 @@ from vzcpt.inject.freeze import reap_tracees
 from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask
 from vzcpt.kernel import nr, ptrace
 from vzcpt.kernel.probes import vdso_fingerprint
-from vzcpt.proc import files as procfs
-from vzcpt.proc.status import parse_status
 from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import RestoreContext, Stats
 from vzcpt.resources.fds import FileDesc
@@ -76,6 +74,7 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # stubs inherit it until restored
     ctx = RestoreContext(image=image, stats=stats)
+    ctx.extra["baseline"] = process.restorer_baseline()
     seed = spawn_seed(channel_fd, window[0])
     ctx.extra["fd-channel"] = channel = FdChannel(seed.channel, channel_fd)  # type: ignore[attr-defined]
     builder = TreeBuilder(seed, procs, header.root)
@@ -96,7 +95,7 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
         builder.become_zombies()
         for rec in procs:
             if not rec.zombie:
-                _finish(rec, threads[rec.pid], window, channel_fd)
+                _finish(rec, threads[rec.pid], window, channel_fd, ctx.extra["baseline"])
         stats.processes = len(procs)
         stats.threads = sum(len(t) for t in threads.values())
     except BaseException:
@@ -159,7 +158,7 @@ def _rebuild_process(
     memory.replace_mm(ctx, main, rec.pid, rec.mm, window)
     signals.restore_actions(main, rec.signals)
     timers.restore_timers(main, rec.pid, rec.timers)
-    process.restore_attrs(main, rec.attrs, warnings)
+    process.restore_attrs(main, rec.attrs, ctx.extra["baseline"].attrs, warnings)
     tasks = [main] + [clone_thread(main, t.tid) for t in rec.threads[1:]]
     for task, trec in zip(tasks, rec.threads, strict=True):
         thread.restore_thread_state(task, rec.pid, trec)
@@ -168,25 +167,24 @@ def _rebuild_process(
 
 
 def _finish(
-    rec: ProcessRecord, tasks: list[RemoteTask], window: tuple[int, int], channel_fd: int
+    rec: ProcessRecord,
+    tasks: list[RemoteTask],
+    window: tuple[int, int],
+    channel_fd: int,
+    baseline: process.Baseline,
 ) -> None:
     """Remove every trace of ours, then become the saved threads."""
     assert rec.creds is not None
     main = tasks[0]
     main.call(nr.CLOSE, channel_fd, what="close of the descriptor channel")
     for task in tasks:  # credentials are per thread, and the last thing we may change
-        process.restore_creds(task, rec.creds, _own_permitted_caps())
+        process.restore_creds(task, rec.creds, baseline.creds)
     assert rec.attrs is not None
     process.restore_attrs_after_creds(main, rec.attrs)
     main.call(nr.MUNMAP, window[0] + 4096, SCRATCH_SIZE, what="munmap of the scratch area")
     main.call(nr.MUNMAP, window[0], 4096, what="munmap of the gadget")
     for task, trec in zip(tasks, rec.threads, strict=True):
         thread.load_regs(task.tid, trec)
-
-
-def _own_permitted_caps() -> int:
-    """The stubs inherited the restorer's capabilities."""
-    return parse_status(procfs.read(os.getpid(), "status")).cap_prm
 
 
 def _kill_seed(seed: RemoteTask) -> None:
