@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+from collections.abc import Sequence
 
 from vzcpt.errors import ProcessGone, SyscallFailed, VzcptError
 from vzcpt.kernel import nr, ptrace, vm
@@ -30,7 +31,36 @@ MAP_ANONYMOUS = 0x20
 MAP_GROWSDOWN = 0x100
 MAP_FIXED_NOREPLACE = 0x100000
 
-SCRATCH_SIZE = 64 * 1024
+SCRATCH_SIZE = 512 * 1024
+# Layout of the scratch area: single calls put their arguments in the first
+# 64 KiB; then comes the batch runner's code, then its table of calls.
+BATCH_CODE = 64 * 1024
+BATCH_TABLE = 128 * 1024
+BATCH_ENTRY = 64
+BATCH_MAX = (SCRATCH_SIZE - BATCH_TABLE) // BATCH_ENTRY - 1
+
+# The batch runner: rbx points to a table of 64-byte entries (nr, six
+# arguments, result). It makes each call in turn, stores the result, stops at
+# the first error or at nr == -1, and traps (int3) back to us. One round trip
+# for thousands of syscalls instead of one each.
+BATCH_RUNNER = bytes.fromhex(
+    "488b03"  # 00: mov rax, [rbx]
+    "4883f8ff"  # 03: cmp rax, -1
+    "742c"  # 07: je done
+    "488b7b08"  # 09: mov rdi, [rbx+8]
+    "488b7310"  # 0d: mov rsi, [rbx+16]
+    "488b5318"  # 11: mov rdx, [rbx+24]
+    "4c8b5320"  # 15: mov r10, [rbx+32]
+    "4c8b4328"  # 19: mov r8, [rbx+40]
+    "4c8b4b30"  # 1d: mov r9, [rbx+48]
+    "0f05"  # 21: syscall
+    "48894338"  # 23: mov [rbx+56], rax
+    "483d01f0ffff"  # 27: cmp rax, -4095
+    "7306"  # 2d: jae done (an error)
+    "4883c340"  # 2f: add rbx, 64
+    "ebcb"  # 33: jmp 00
+    "cc"  # 35: done: int3
+)
 ALL_SIGNALS = (1 << 64) - 1
 
 
@@ -56,6 +86,7 @@ class RemoteTask:
         # dequeued into a signal-delivery stop and lost to the program.
         ptrace.set_sigmask(tid, ALL_SIGNALS)
         self.spawned: list[int] = []  # tids reported by fork/clone events
+        self._runner_ready = False
 
     # --- syscalls -------------------------------------------------------
 
@@ -98,6 +129,58 @@ class RemoteTask:
         if err:
             raise SyscallFailed(f"{what or f'syscall {number}'} in task {self.tid}", err)
         return result
+
+    def batch(self, calls: Sequence[tuple[int, ...]], what: str = "") -> list[int]:
+        """Run many syscalls in one round trip; raise on the first that fails.
+
+        Each call is (nr, args...). Arguments pointing into memory must not
+        point into the batch table; the first 64 KiB of scratch are free.
+        """
+        results: list[int] = []
+        for first in range(0, len(calls), BATCH_MAX):
+            results += self._batch(calls[first : first + BATCH_MAX], what)
+        return results
+
+    def _batch(self, calls: Sequence[tuple[int, ...]], what: str) -> list[int]:
+        if not self._runner_ready:
+            self.write(self.scratch + BATCH_CODE, BATCH_RUNNER)
+            self._runner_ready = True
+        table = bytearray(BATCH_ENTRY * (len(calls) + 1))
+        for i, (number, *args) in enumerate(calls):
+            words = [number, *args, *([0] * (6 - len(args))), 0]
+            table[i * BATCH_ENTRY : (i + 1) * BATCH_ENTRY] = b"".join(
+                (w & ((1 << 64) - 1)).to_bytes(8, "little") for w in words
+            )
+        table[-BATCH_ENTRY:] = ((1 << 64) - 1).to_bytes(8, "little") * 8
+        self.write(self.scratch + BATCH_TABLE, bytes(table))
+        regs = self.saved_regs.copy()
+        regs.rbx = self.scratch + BATCH_TABLE
+        regs.rip = self.scratch + BATCH_CODE
+        regs.rsp = self.scratch + BATCH_CODE - 64
+        regs.orig_rax = (1 << 64) - 1
+        ptrace.set_regs(self.tid, regs)
+        ptrace.cont(self.tid, 0)
+        while True:
+            status = ptrace.wait(self.tid)
+            if status.exited:
+                raise ProcessGone(f"task {self.tid} died running a batch of syscalls")
+            if status.stop_sig == signal.SIGTRAP and status.event == 0:
+                break
+            if status.event == ptrace.EVENT_STOP:
+                ptrace.cont(self.tid, 0)
+                continue
+            raise VzcptError(
+                f"task {self.tid} stopped with signal {status.stop_sig} in a batch of syscalls"
+            )
+        done = self.read(self.scratch + BATCH_TABLE, BATCH_ENTRY * len(calls))
+        results = []
+        for i, call in enumerate(calls):
+            result = to_signed(int.from_bytes(done[i * 64 + 56 : i * 64 + 64], "little"))
+            err = errno_of(result)
+            if err:
+                raise SyscallFailed(f"{what or 'syscall'} {call[0]} in task {self.tid}", err)
+            results.append(result)
+        return results
 
     # --- memory ---------------------------------------------------------
 

@@ -291,26 +291,39 @@ def replace_mm(
     _set_mm_map(task, mm)
     runs = ctx.image.pages_of(pid)
     filled = _vmas_with_pages(mm.vmas, [(r.address, len(r.data)) for r in runs])
-    files = _TaskFiles(task)
-    try:
-        for vma in mm.vmas:
-            if vma.kind not in ("vdso", "vvar", "vvar_vclock"):
-                _map_vma(ctx, task, vma, files, writable=vma.start in filled)
-    finally:
-        files.close()
+    fds = _open_mapped_files(task, mm.vmas)
+    # Mappings never overlap: order does not matter, and one batch makes them all.
+    task.batch(
+        [_mmap_call(v, fds, v.start in filled) for v in mm.vmas if v.kind in ("anon", "file")],
+        what="mmap",
+    )
+    task.batch([(nr.CLOSE, fd) for fd in fds.values()], what="close")
+    for vma in mm.vmas:
+        if vma.kind in ("shmem", "sysv"):
+            shmem.map_shared(
+                ctx, task, vma.start, vma.end, vma.prot, vma.offset, vma.kind, vma.shmem_id
+            )
+        elif vma.kind not in ("anon", "file", "vdso", "vvar", "vvar_vclock"):
+            raise Unsupported(f"process {pid}: cannot restore a mapping of kind {vma.kind}")
     vm.write_runs(task.tid, [(r.address, r.data) for r in runs])
     ctx.stats.pages += sum(len(r.data) for r in runs) // PAGE_SIZE
     ctx.stats.bytes += sum(len(r.data) for r in runs)
     ctx.stats.progress(f"restoring memory of {pid}")
+    task.batch(
+        [
+            (nr.MPROTECT, v.start, v.end - v.start, v.prot)
+            for v in mm.vmas
+            if v.start in filled and not v.prot & PROT_WRITE
+        ],
+        what="mprotect",
+    )
     for vma in mm.vmas:
-        if vma.start in filled and not vma.prot & PROT_WRITE:
-            task.call(nr.MPROTECT, vma.start, vma.end - vma.start, vma.prot, what="mprotect")
-        for advice in vma.madvise:
+        for advice in vma.madvise:  # best effort: THP advice fails where THP is off
             task.call_raw(nr.MADVISE, vma.start, vma.end - vma.start, advice)
 
 
 def _vmas_with_pages(vmas: list[VmaRecord], runs: list[tuple[int, int]]) -> set[int]:
-    """Starts of the mappings that receive saved pages (both lists sorted by address)."""
+    """Starts of the mappings that receive saved pages."""
     filled: set[int] = set()
     i = 0
     ordered = sorted(vmas, key=lambda v: v.start)
@@ -324,26 +337,37 @@ def _vmas_with_pages(vmas: list[VmaRecord], runs: list[tuple[int, int]]) -> set[
     return filled
 
 
-class _TaskFiles:
-    """Files opened inside the task for mapping, each once, closed together."""
+def _access(vma: VmaRecord) -> int:
+    return os.O_RDWR if vma.shared and vma.prot & PROT_WRITE else os.O_RDONLY
 
-    def __init__(self, task: RemoteTask) -> None:
-        self.task = task
-        self.fds: dict[tuple[str, int], int] = {}
 
-    def open(self, path: str, access: int) -> int:
-        key = (path, access)
-        if key not in self.fds:
-            address = self.task.put(0, path.encode() + b"\0")
-            self.fds[key] = self.task.call(
-                nr.OPEN, address, access | os.O_CLOEXEC, 0, what=f"open {path}"
-            )
-        return self.fds[key]
+def _open_mapped_files(task: RemoteTask, vmas: list[VmaRecord]) -> dict[tuple[str, int], int]:
+    """Open each mapped file once in the task (batched); return its descriptors."""
+    wanted = sorted({(v.path, _access(v)) for v in vmas if v.kind == "file"})
+    fds: dict[tuple[str, int], int] = {}
+    while wanted:
+        calls, offset, chunk = [], 0, []
+        while wanted and offset + len(wanted[0][0]) + 1 <= 60 * 1024:
+            path, access = wanted.pop(0)
+            address = task.put(offset, path.encode() + b"\0")
+            offset += len(path.encode()) + 1
+            calls.append((nr.OPEN, address, access | os.O_CLOEXEC, 0))
+            chunk.append((path, access))
+        if not calls:
+            raise Unsupported(f"a mapped file's path is too long: {wanted[0][0][:80]}...")
+        fds.update(zip(chunk, task.batch(calls, what="open of a mapped file"), strict=True))
+    return fds
 
-    def close(self) -> None:
-        for fd in self.fds.values():
-            self.task.call_raw(nr.CLOSE, fd)
-        self.fds.clear()
+
+def _mmap_call(vma: VmaRecord, fds: dict[tuple[str, int], int], writable: bool) -> tuple[int, ...]:
+    """The mmap that recreates one saved mapping; writable for now if pages go into it."""
+    prot = vma.prot | (PROT_WRITE if writable else 0)
+    length = vma.end - vma.start
+    if vma.kind == "anon":
+        flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | (MAP_GROWSDOWN if vma.growsdown else 0)
+        return (nr.MMAP, vma.start, length, prot, flags, -1, 0)
+    flags = (MAP_SHARED if vma.shared else MAP_PRIVATE) | MAP_FIXED
+    return (nr.MMAP, vma.start, length, prot, flags, fds[(vma.path, _access(vma))], vma.offset)
 
 
 def _move_specials(task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, int]) -> None:
@@ -393,46 +417,6 @@ def _move_specials(task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, 
                 target.start,
                 what=f"mremap {name} to its saved place",
             )
-
-
-def _map_vma(
-    ctx: RestoreContext, task: RemoteTask, vma: VmaRecord, files: _TaskFiles, writable: bool
-) -> None:
-    """Map one saved mapping; writable for now when saved pages are to be written into it."""
-    length = vma.end - vma.start
-    prot = vma.prot | (PROT_WRITE if writable else 0)
-    if vma.kind == "anon":
-        flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | (MAP_GROWSDOWN if vma.growsdown else 0)
-        task.call(
-            nr.MMAP,
-            vma.start,
-            length,
-            prot,
-            flags,
-            -1,
-            0,
-            what=f"mmap of anonymous memory at {vma.start:#x}",
-        )
-    elif vma.kind == "file":
-        access = os.O_RDWR if vma.shared and vma.prot & PROT_WRITE else os.O_RDONLY
-        fd = files.open(vma.path, access)
-        flags = (MAP_SHARED if vma.shared else MAP_PRIVATE) | MAP_FIXED
-        task.call(
-            nr.MMAP,
-            vma.start,
-            length,
-            prot,
-            flags,
-            fd,
-            vma.offset,
-            what=f"mmap of {vma.path} at {vma.start:#x}",
-        )
-    elif vma.kind in ("shmem", "sysv"):
-        shmem.map_shared(
-            ctx, task, vma.start, vma.end, vma.prot, vma.offset, vma.kind, vma.shmem_id
-        )
-    else:
-        raise Unsupported(f"process {task.tid}: cannot restore a mapping of kind {vma.kind}")
 
 
 def _set_mm_map(task: RemoteTask, mm: MmRecord) -> None:
