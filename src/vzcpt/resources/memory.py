@@ -20,8 +20,6 @@ import ctypes
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from vzcpt.errors import FileChanged, KernelMismatch, Unsupported
 from vzcpt.inject.remote import (
     MAP_ANONYMOUS,
@@ -39,9 +37,8 @@ from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
 from vzcpt.proc.auxv import parse_auxv
 from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps_flags
-from vzcpt.proc.pagemap import PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP
 from vzcpt.proc.stat import parse_stat
-from vzcpt.resources import shmem
+from vzcpt.resources import pages, shmem
 from vzcpt.resources.context import DumpContext, RestoreContext
 
 SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
@@ -112,10 +109,8 @@ def dump_mm(ctx: DumpContext, pid: int, task: RemoteTask) -> MmRecord:
     for entry in maps:
         if entry.path == "[vsyscall]":
             continue
-        vma = _vma_record(ctx, pid, entry, flags.get(entry.start, frozenset()))
-        vmas.append(vma)
-        if vma.kind in ("anon", "file") and not vma.shared:
-            _dump_private_pages(ctx, pid, vma)
+        vmas.append(_vma_record(ctx, pid, entry, flags.get(entry.start, frozenset())))
+    pages.dump_private_pages(ctx, pid, [v for v in vmas if _has_own_pages(v)])
     return MmRecord(
         start_code=stat.startcode,
         end_code=stat.endcode,
@@ -159,10 +154,10 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
         vma.kind = "anon"
     elif e.path.startswith("/SYSV"):
         vma.kind = "sysv"
-        vma.shmem_id = shmem.dump_object(ctx, pid, e, "sysv", write_nonzero)
+        vma.shmem_id = shmem.dump_object(ctx, pid, e, "sysv", pages.write_nonzero)
     elif e.shared and e.path == "/dev/zero" and e.deleted:
         vma.kind = "shmem"
-        vma.shmem_id = shmem.dump_object(ctx, pid, e, "shmem", write_nonzero)
+        vma.shmem_id = shmem.dump_object(ctx, pid, e, "shmem", pages.write_nonzero)
     elif e.path.startswith("/memfd:") or e.deleted:
         raise Unsupported(
             f"process {pid}: mapping of {e.path!r}{' (deleted)' if e.deleted else ''} "
@@ -174,60 +169,11 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
     return vma
 
 
-def _dump_private_pages(ctx: DumpContext, pid: int, vma: VmaRecord) -> None:
-    if not vma.prot & PROT_READ and vma.kind == "file":
-        return  # guard regions of a file: nothing of their own
-    entries = np.frombuffer(vm.pagemap(pid, vma.start, vma.end), dtype="<u8")
-    present = (entries & np.uint64(PM_PRESENT | PM_SWAP)) != 0
-    if vma.kind == "file":  # only pages copied on write are the process's own
-        keep = present & ((entries & np.uint64(PM_FILE)) == 0)
-    else:
-        pfn = entries & np.uint64(PM_PFN_MASK)
-        swapped = (entries & np.uint64(PM_SWAP)) != 0
-        keep = present & ((pfn != np.uint64(vm.zero_pfn())) | swapped)
-    for first, count in _runs(keep):
-        address = vma.start + first * PAGE_SIZE
-        for off in range(0, count * PAGE_SIZE, BATCH_BYTES):
-            length = min(BATCH_BYTES, count * PAGE_SIZE - off)
-            buf = _batch_buffer(ctx, length)
-            vm.read_ranges(pid, [(address + off, length)], buf)
-            write_nonzero(ctx, pid, address + off, buf)
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """(first index, length) of every run of True in a boolean array."""
-    if not mask.any():
-        return []
-    padded = np.concatenate(([False], mask, [False]))
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
-
-
-def _batch_buffer(ctx: DumpContext, length: int) -> memoryview:
-    buf = ctx.shared.get("page-buffer")
-    if buf is None or len(buf) < length:
-        buf = bytearray(max(length, BATCH_BYTES))
-        ctx.shared["page-buffer"] = buf
-    return memoryview(buf)[:length]
-
-
-def write_nonzero(ctx: DumpContext, owner: int, address: int, buf: bytearray | memoryview) -> None:
-    """Write the pages of buf that are not all zeros, as runs."""
-    pages = np.frombuffer(buf, dtype="<u8").reshape(-1, PAGE_SIZE // 8)
-    # Most pages give themselves away by their first or last word; only the
-    # rest are read whole.
-    nonzero: np.ndarray = (pages[:, 0] != 0) | (pages[:, -1] != 0)
-    doubtful = np.flatnonzero(~nonzero)
-    if len(doubtful):
-        nonzero[doubtful] = pages[doubtful].any(axis=1)
-    ctx.stats.pages_zero += int(len(nonzero) - int(nonzero.sum()))
-    view = memoryview(buf)
-    for first, count in _runs(nonzero):
-        data = view[first * PAGE_SIZE : (first + count) * PAGE_SIZE]
-        ctx.writer.write_pages(owner, address + first * PAGE_SIZE, data)
-        ctx.stats.pages += count
-        ctx.stats.bytes += count * PAGE_SIZE
-    ctx.stats.progress("dumping memory")
+def _has_own_pages(vma: VmaRecord) -> bool:
+    """Private mappings hold pages of their own; a file guard region (---p) cannot."""
+    if vma.shared or vma.kind not in ("anon", "file"):
+        return False
+    return vma.kind == "anon" or bool(vma.prot & PROT_READ)
 
 
 # ---------------------------------------------------------------- restore
