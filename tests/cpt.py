@@ -9,10 +9,15 @@ from pathlib import Path
 VZCPT = [sys.executable, "-m", "vzcpt.cli.vzcpt"]
 
 
-def vzcpt(*args: str | Path, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def vzcpt(
+    *args: str | Path, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run `vzcpt ARGS`; fail the test with its stderr when it fails and check is set."""
     result = subprocess.run(
-        [*VZCPT, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        [*VZCPT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     if check and result.returncode != 0:

@@ -1,0 +1,50 @@
+"""Holds a socket, which vzcpt cannot dump yet, and keeps counting.
+
+    python3 socket_holder.py OUT KIND [child]
+
+KIND is "pair" (a connected AF_UNIX socketpair) or "listen" (a TCP socket
+listening on 127.0.0.1).  With "child", a forked child holds the socket and
+counts while the parent just waits.  The holder writes "SOCKET PID FD" for
+each socket descriptor, then one increasing number per line: a dump that is
+refused must leave it counting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+
+
+def hold(out: int, kind: str) -> None:
+    if kind == "pair":
+        held = list(socket.socketpair())
+    else:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        held = [listener]
+    for s in held:
+        os.write(out, f"SOCKET {os.getpid()} {s.fileno()}\n".encode())
+    i = 0
+    while True:
+        i += 1
+        os.write(out, f"{i}\n".encode())
+        time.sleep(0.01)
+
+
+def main() -> None:
+    out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    kind = sys.argv[2]
+    if len(sys.argv) > 3 and sys.argv[3] == "child":
+        if os.fork() == 0:
+            hold(out, kind)
+        while True:
+            signal.pause()
+    hold(out, kind)
+
+
+if __name__ == "__main__":
+    main()
