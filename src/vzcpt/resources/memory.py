@@ -230,7 +230,7 @@ def replace_mm(
     exactly the saved mappings with their pages, plus the scratch area; the
     saved brk, stack, argv/env, auxv and exe link are set.
     """
-    _move_specials(task, pid, mm, window)
+    _move_specials(task, mm, window, ctx.extra["stub-specials"])
     # Now, while no file is mapped: the kernel refuses a new exe link (EBUSY)
     # while the old exe file is still mapped, and the stub's exe (our Python)
     # may be the very file the saved process maps.
@@ -316,53 +316,45 @@ def _mmap_call(vma: VmaRecord, fds: dict[tuple[str, int], int], writable: bool) 
     return (nr.MMAP, vma.start, length, prot, flags, fds[(vma.path, _access(vma))], vma.offset)
 
 
-def _move_specials(task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, int]) -> None:
+def stub_specials(pid: int) -> dict[str, tuple[int, int]]:
+    """Where the vDSO and its data pages are in a stub (all stubs inherit the seed's)."""
+    return {
+        e.path: (e.start, e.size) for e in parse_maps(procfs.read(pid, "maps")) if e.path in SPECIAL
+    }
+
+
+def _move_specials(
+    task: RemoteTask, mm: MmRecord, window: tuple[int, int], current: dict[str, tuple[int, int]]
+) -> None:
     """Unmap everything of the stub outside `window`, and put the vDSO where it was.
 
     `window` is free in the saved layout; our scratch area sits at its start.
     The specials are parked inside it first, so that unmapping the stub and
     moving them to their final places can never collide.
     """
-    current = {e.path: e for e in parse_maps(procfs.read(pid, "maps")) if e.path in SPECIAL}
     saved = {f"[{v.kind}]": v for v in mm.vmas if v.kind in ("vdso", "vvar", "vvar_vclock")}
     low, high = window
     parking = low + (1 << 20)
-    parked: dict[str, int] = {}
-    for name, entry in current.items():
-        task.call(
-            nr.MREMAP,
-            entry.start,
-            entry.size,
-            entry.size,
-            MREMAP_MAYMOVE | MREMAP_FIXED,
-            parking,
-            what=f"mremap {name}",
-        )
-        parked[name] = parking
-        parking += entry.size + PAGE_SIZE
-    if parking > high:
-        raise Unsupported("the vDSO does not fit the restore window")
-    task.call(nr.MUNMAP, 0, low, what="munmap of the stub below the window")
-    task.call(nr.MUNMAP, high, TASK_SIZE - high, what="munmap of the stub above the window")
-    for name, address in parked.items():
+    calls: list[tuple[int, ...]] = []
+    finals: list[tuple[int, ...]] = []
+    for name, (start, size) in current.items():
+        calls.append((nr.MREMAP, start, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, parking))
         target = saved.get(name)
-        size = current[name].size
         if target is None:
-            task.call(nr.MUNMAP, address, size, what=f"munmap {name}")
+            finals.append((nr.MUNMAP, parking, size))
         elif target.end - target.start != size:
             raise KernelMismatch(
                 f"{name} is {size} bytes here but was {target.end - target.start} at checkpoint"
             )
         else:
-            task.call(
-                nr.MREMAP,
-                address,
-                size,
-                size,
-                MREMAP_MAYMOVE | MREMAP_FIXED,
-                target.start,
-                what=f"mremap {name} to its saved place",
+            finals.append(
+                (nr.MREMAP, parking, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target.start)
             )
+        parking += size + PAGE_SIZE
+    if parking > high:
+        raise Unsupported("the vDSO does not fit the restore window")
+    calls += [(nr.MUNMAP, 0, low), (nr.MUNMAP, high, TASK_SIZE - high)]
+    task.batch(calls + finals, what="making room for the saved address space")
 
 
 def _set_mm_map(task: RemoteTask, mm: MmRecord) -> None:

@@ -74,32 +74,24 @@ def dump_thread(pid: int, task: RemoteTask) -> ThreadRecord:
 
 
 def restore_thread_state(task: RemoteTask, pid: int, rec: ThreadRecord) -> None:
-    """Everything of the thread but its registers and mask, set from inside it."""
-    task.call(nr.SET_TID_ADDRESS, rec.clear_child_tid, what="set_tid_address")
+    """Everything of the thread but its registers and mask, set from inside it, in one batch."""
+    calls: list[tuple[int, ...]] = [(nr.SET_TID_ADDRESS, rec.clear_child_tid)]
     if rec.robust_list[0]:
-        task.call(nr.SET_ROBUST_LIST, *rec.robust_list, what="set_robust_list")
+        calls.append((nr.SET_ROBUST_LIST, *rec.robust_list))
     sp, flags, size = rec.altstack
     if not flags & SS_DISABLE:
         stack = sp.to_bytes(8, "little") + (flags & ~SS_ONSTACK).to_bytes(4, "little") + bytes(4)
-        task.put(0, stack + size.to_bytes(8, "little"))
-        task.call(nr.SIGALTSTACK, task.scratch, 0, what="sigaltstack")
-    name = rec.comm.encode()[:15] + b"\0"
-    task.put(0, name)
-    task.call(nr.PRCTL, PR_SET_NAME, task.scratch, 0, 0, 0, what="PR_SET_NAME")
+        calls.append((nr.SIGALTSTACK, task.put(0, stack + size.to_bytes(8, "little")), 0))
+    name = task.put(64, rec.comm.encode()[:15] + b"\0")
+    calls.append((nr.PRCTL, PR_SET_NAME, name, 0, 0, 0))
     if rec.rseq is not None:
-        pointer, size, signature = rec.rseq
-        task.call(nr.RSEQ, pointer, size, 0, signature, what="rseq registration")
-    for info in rec.pending:
+        pointer, length, signature = rec.rseq
+        calls.append((nr.RSEQ, pointer, length, 0, signature))
+    for i, info in enumerate(rec.pending):
         signo = int.from_bytes(info[0:4], "little")
-        task.put(0, info)
-        task.call(
-            nr.RT_TGSIGQUEUEINFO,
-            pid,
-            rec.tid,
-            signo,
-            task.scratch,
-            what=f"requeue of signal {signo}",
-        )
+        address = task.put(128 + i * len(info), info)
+        calls.append((nr.RT_TGSIGQUEUEINFO, pid, rec.tid, signo, address))
+    task.batch(calls, what=f"state of thread {rec.tid}")
 
 
 def final_regs(rec: ThreadRecord) -> Regs:

@@ -76,6 +76,7 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
     ctx = RestoreContext(image=image, stats=stats)
     ctx.extra["baseline"] = process.restorer_baseline()
     seed = spawn_seed(channel_fd, window[0])
+    ctx.extra["stub-specials"] = memory.stub_specials(seed.tid)
     ctx.extra["fd-channel"] = channel = FdChannel(seed.channel, channel_fd)  # type: ignore[attr-defined]
     builder = TreeBuilder(seed, procs, header.root)
     warnings: list[str] = []
