@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,13 @@ def run(prog: str, body: Callable[[], int]) -> int:
         return 130
     except BrokenPipeError:
         print(f"{prog}: error: the other end of the pipe went away", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # An error from the system that no layer explained: still one line,
+        # unless VZCPT_DEBUG asks for the whole story.
+        if os.environ.get("VZCPT_DEBUG"):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from vzcpt.errors import Unsupported
+from vzcpt.errors import FileChanged, Unsupported
 from vzcpt.inject.fdpass import FdChannel
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr
@@ -62,7 +62,14 @@ def dump_table(ctx: DumpContext, pid: int, skip: frozenset[int] = frozenset()) -
 def open_description(ctx: RestoreContext, desc: FileDesc) -> int:
     key = ("file", desc.id)
     if key not in ctx.local_fds:
-        ctx.local_fds[key] = handler_for(desc.kind).open(ctx, desc)
+        try:
+            ctx.local_fds[key] = handler_for(desc.kind).open(ctx, desc)
+        except OSError as exc:
+            what = desc.path or f"a {desc.kind}"
+            raise FileChanged(
+                f"cannot open {what} again ({exc.strerror}): restore needs the files "
+                "the programs had open as they were at checkpoint"
+            ) from exc
         for lock in desc.locks:
             if lock.kind == "FLOCK":  # belongs to the description: take it here
                 import fcntl
