@@ -43,7 +43,6 @@ import zstandard
 
 from vzcpt.errors import AccessDenied, CorruptDump, VzcptError
 from vzcpt.image import schema
-from vzcpt.kernel.fileio import start_writeback
 
 T = TypeVar("T")
 
@@ -65,7 +64,6 @@ _KIND_NAMES = {KIND_RECORD: "RECORD", KIND_PAGES: "PAGES", KIND_END: "END"}
 
 _BATCH = 1 << 20  # small frames collect in memory up to this size: few syscalls
 _SMALL_RUN = 256 << 10  # page runs below this are copied into the batch
-_WRITEBACK_STEP = 32 << 20  # start disk writeback of a regular file every so many bytes
 _MIN_COMPRESS = 4096  # records smaller than this do not shrink enough to bother
 _PIPE_SIZE = 1 << 20  # fewer wakeups per GiB through a pipe than the default 64 KiB
 _READ_CHUNK = 64 << 20
@@ -149,8 +147,6 @@ class DumpWriter:
         self._frames = 0
         self._page_bytes = 0
         self._closed = False
-        self._written = 0  # bytes written through _fd, and how many of them
-        self._synced = 0  # we asked the kernel to start writing to disk
         self._queue(_FILE_HEADER.pack(MAGIC, VERSION, 0))
 
     def __enter__(self) -> DumpWriter:
@@ -265,12 +261,6 @@ class DumpWriter:
                     self._out.write(v)
             else:
                 _writev_all(self._fd, list(views))
-                self._written += sum(map(len, views))
-                if self._written - self._synced >= _WRITEBACK_STEP:
-                    # Overlap the disk with the rest of the dump: the final
-                    # fsync() then waits for little.
-                    start_writeback(self._fd, self._synced, self._written - self._synced)
-                    self._synced = self._written
         except OSError as e:
             raise self._error(e) from None
         finally:
