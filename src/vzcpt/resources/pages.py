@@ -15,6 +15,7 @@ reads and frames, not thousands of small ones.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -34,19 +35,35 @@ class Mapping(Protocol):
 
 
 def dump_private_pages(ctx: DumpContext, pid: int, vmas: list[Mapping]) -> None:
-    runs = _own_page_runs(pid, vmas)
+    """Copy and store the process's own pages.
+
+    Two buffers take turns: while one batch is checked for zero pages and
+    written out on a second thread, the next is read from the process, so
+    both cores work (the copies release the GIL).
+    """
+    batches: list[tuple[list[tuple[int, int]], int]] = []
     batch: list[tuple[int, int]] = []
     size = 0
-    for address, length in runs:
+    for address, length in _own_page_runs(pid, vmas):
         for offset in range(0, length, BATCH_BYTES):
             part = min(BATCH_BYTES, length - offset)
             if size + part > BATCH_BYTES:
-                _copy(ctx, pid, batch, size)
+                batches.append((batch, size))
                 batch, size = [], 0
             batch.append((address + offset, part))
             size += part
     if batch:
-        _copy(ctx, pid, batch, size)
+        batches.append((batch, size))
+    writing: Future[None] | None = None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for n, (ranges, size) in enumerate(batches):
+            buf = _buffer(ctx, n % 2, size)
+            vm.read_ranges(pid, ranges, buf)
+            if writing is not None:
+                writing.result()
+            writing = writer.submit(_store, ctx, pid, ranges, buf)
+        if writing is not None:
+            writing.result()
 
 
 def _own_page_runs(pid: int, vmas: list[Mapping]) -> list[tuple[int, int]]:
@@ -83,9 +100,7 @@ def _contiguous(vmas: list[Mapping]) -> list[list[Mapping]]:
     return groups
 
 
-def _copy(ctx: DumpContext, pid: int, ranges: list[tuple[int, int]], size: int) -> None:
-    buf = _buffer(ctx, size)
-    vm.read_ranges(pid, ranges, buf)
+def _store(ctx: DumpContext, pid: int, ranges: list[tuple[int, int]], buf: memoryview) -> None:
     offset = 0
     for address, length in ranges:
         write_nonzero(ctx, pid, address, buf[offset : offset + length])
@@ -101,11 +116,13 @@ def mask_runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def _buffer(ctx: DumpContext, length: int) -> memoryview:
-    buf = ctx.shared.get("page-buffer")
+def _buffer(ctx: DumpContext, which: int, length: int) -> memoryview:
+    """One of our two reusable page buffers."""
+    key = ("page-buffer", which)
+    buf = ctx.shared.get(key)
     if buf is None or len(buf) < length:
         buf = bytearray(max(length, BATCH_BYTES))
-        ctx.shared["page-buffer"] = buf
+        ctx.shared[key] = buf
     return memoryview(buf)[:length]
 
 
