@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vzcpt.image.stream import DumpImage, DumpWriter
+from vzcpt.inject.fdpass import FdChannel
 
 
 @dataclass
@@ -66,8 +67,11 @@ class DumpContext:
 class RestoreContext:
     image: DumpImage
     stats: Stats
+    channel: FdChannel  # hands descriptors to the stubs
+    stub_specials: dict[str, tuple[int, int]]  # where the vDSO is in every stub
     # The restorer's own descriptors on restored objects, by (kind, id).
     local_fds: dict[Any, int] = field(default_factory=dict)
+    # What resource modules remember between processes (pipes made, ...).
     extra: dict[Any, Any] = field(default_factory=dict)
 
     def close(self) -> None:

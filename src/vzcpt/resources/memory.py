@@ -233,7 +233,7 @@ def replace_mm(
     exactly the saved mappings with their pages, plus the scratch area; the
     saved brk, stack, argv/env, auxv and exe link are set.
     """
-    _move_specials(task, mm, window, ctx.extra["stub-specials"])
+    _move_specials(task, mm, window, ctx.stub_specials)
     # Now, while no file is mapped: the kernel refuses a new exe link (EBUSY)
     # while the old exe file is still mapped, and the stub's exe (our Python)
     # may be the very file the saved process maps.

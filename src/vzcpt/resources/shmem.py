@@ -125,8 +125,7 @@ def map_shared(
     key = ("shmem", ident)
     if key not in ctx.local_fds:
         ctx.local_fds[key] = _create_shmem(ctx, obj)
-    channel = ctx.extra["fd-channel"]
-    (fd,) = channel.install(task, [ctx.local_fds[key]])
+    (fd,) = ctx.channel.install(task, [ctx.local_fds[key]])
     try:
         task.call(
             nr.MMAP,

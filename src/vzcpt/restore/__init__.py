@@ -21,7 +21,6 @@ restore leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import signal
@@ -30,14 +29,13 @@ import time
 from vzcpt.errors import KernelMismatch, VzcptError
 from vzcpt.image.stream import DumpImage, open_dump
 from vzcpt.inject.fdpass import FdChannel
-from vzcpt.inject.freeze import reap_tracees
 from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask
 from vzcpt.kernel import nr, ptrace
 from vzcpt.kernel.probes import vdso_fingerprint
 from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import RestoreContext, Stats
 from vzcpt.resources.fds import FileDesc
-from vzcpt.resources.fds.regular import _check_unchanged
+from vzcpt.resources.fds.regular import check_unchanged
 from vzcpt.resources.fds.table import restore_table
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 from vzcpt.restore.seed import spawn_seed
@@ -73,12 +71,15 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
     channel_fd = max(max_fd + 1, 10)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # stubs inherit it until restored
-    ctx = RestoreContext(image=image, stats=stats)
-    ctx.extra["baseline"] = process.restorer_baseline()
+    baseline = process.restorer_baseline()
     seed = spawn_seed(channel_fd, window[0])
-    ctx.extra["stub-specials"] = memory.stub_specials(seed.tid)
-    ctx.extra["fd-channel"] = channel = FdChannel(seed.channel, channel_fd)  # type: ignore[attr-defined]
-    builder = TreeBuilder(seed, procs, header.root)
+    ctx = RestoreContext(
+        image=image,
+        stats=stats,
+        channel=FdChannel(seed.channel, channel_fd),
+        stub_specials=memory.stub_specials(seed.task.tid),
+    )
+    builder = TreeBuilder(seed.task, procs, header.root)
     warnings: list[str] = []
     try:
         stage = time.monotonic()
@@ -90,27 +91,27 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
                 continue
             stage = time.monotonic()
             threads[rec.pid] = _rebuild_process(
-                ctx, rec, tasks[rec.pid], files, channel, window, warnings
+                ctx, rec, tasks[rec.pid], files, baseline, window, warnings
             )
             stats.add_time("memory+state", time.monotonic() - stage)
         builder.become_zombies()
         for rec in procs:
             if not rec.zombie:
-                _finish(rec, threads[rec.pid], window, channel_fd, ctx.extra["baseline"])
+                _finish(rec, threads[rec.pid], window, channel_fd, baseline)
         stats.processes = len(procs)
         stats.threads = sum(len(t) for t in threads.values())
     except BaseException:
         builder.kill_all()
-        _kill_seed(seed)
+        seed.kill()
         ctx.close()
         raise
-    _kill_seed(seed)
+    seed.kill()
     ctx.close()
     for rec in procs:
         if rec.zombie:
             continue
         if leave_stopped or rec.job_stopped:
-            os.kill(rec.pid, 19)  # SIGSTOP: stays stopped once detached
+            os.kill(rec.pid, signal.SIGSTOP)  # stays stopped once detached
         for task in threads[rec.pid]:
             ptrace.detach(task.tid, 0)
     stats.add_time("total", time.monotonic() - started)
@@ -131,7 +132,7 @@ def _check(header: DumpHeader, procs: list[ProcessRecord], files: dict[int, File
             memory.check_files(rec.mm, rec.pid)
     for desc in files.values():
         if desc.kind == "regular" and not desc.deleted:
-            _check_unchanged(desc)
+            check_unchanged(desc)
 
 
 def _rebuild_process(
@@ -139,7 +140,7 @@ def _rebuild_process(
     rec: ProcessRecord,
     main: RemoteTask,
     files: dict[int, FileDesc],
-    channel: FdChannel,
+    baseline: process.Baseline,
     window: tuple[int, int],
     warnings: list[str],
 ) -> list[RemoteTask]:
@@ -155,11 +156,11 @@ def _rebuild_process(
             stub_rseq.signature,
             what="rseq unregistration",
         )
-    restore_table(ctx, main, rec.fds, files, channel)
+    restore_table(ctx, main, rec.fds, files, ctx.channel)
     memory.replace_mm(ctx, main, rec.pid, rec.mm, window)
     signals.restore_actions(main, rec.signals)
     timers.restore_timers(main, rec.pid, rec.timers)
-    process.restore_attrs(main, rec.attrs, ctx.extra["baseline"].attrs, warnings)
+    process.restore_attrs(main, rec.attrs, baseline.attrs, warnings)
     tasks = [main] + [clone_thread(main, t.tid) for t in rec.threads[1:]]
     for task, trec in zip(tasks, rec.threads, strict=True):
         thread.restore_thread_state(task, rec.pid, trec)
@@ -186,10 +187,3 @@ def _finish(
     main.call(nr.MUNMAP, window[0], 4096, what="munmap of the gadget")
     for task, trec in zip(tasks, rec.threads, strict=True):
         thread.load_regs(task.tid, trec)
-
-
-def _kill_seed(seed: RemoteTask) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(seed.tid, signal.SIGKILL)
-    reap_tracees([seed.tid])
-    seed.channel.close()  # type: ignore[attr-defined]

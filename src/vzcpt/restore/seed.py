@@ -10,12 +10,15 @@ saved layout; every stub cloned from the seed inherits both, at the same place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 
 from vzcpt.errors import VzcptError
+from vzcpt.inject.freeze import reap_tracees
 from vzcpt.inject.remote import (
     MAP_ANONYMOUS,
     MAP_FIXED_NOREPLACE,
@@ -31,13 +34,25 @@ GADGET = b"\x0f\x05\xcc"  # syscall; int3
 PAGE = 4096
 
 
-def spawn_seed(channel_fd: int, window_start: int) -> RemoteTask:
+@dataclass
+class Seed:
+    task: RemoteTask  # the stopped seed, with our gadget and scratch area mapped
+    channel: socket.socket  # our end of the descriptor channel every stub inherits
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.task.tid, signal.SIGKILL)
+        reap_tracees([self.task.tid])
+        self.channel.close()
+
+
+def spawn_seed(channel_fd: int, window_start: int) -> Seed:
     """Fork and seize the seed; return it ready to clone stubs from."""
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     pid = os.fork()
     if pid == 0:  # the seed: no Python beyond this function, ever
         try:
-            os.dup2(child_end.fileno(), channel_fd, inheritable=True)
+            os.dup2(theirs.fileno(), channel_fd, inheritable=True)
             os.closerange(0, channel_fd)
             os.closerange(channel_fd + 1, 65536)
             signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
@@ -46,35 +61,42 @@ def spawn_seed(channel_fd: int, window_start: int) -> RemoteTask:
                 os.read(channel_fd, 1)
         finally:
             os._exit(1)
-    child_end.close()
-    seed_channel = parent_end
-    options = ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_TRACEVFORK | ptrace.O_EXITKILL
-    ptrace.seize(pid, options)
-    _wait_until_blocked(pid)
-    ptrace.interrupt(pid)
-    status = ptrace.wait(pid)
-    if status.event != ptrace.EVENT_STOP:
-        raise VzcptError(f"the restore seed {pid} did not stop (status {status.status:#x})")
-    regs = ptrace.get_regs(pid)
-    if vm.read_mem(pid, regs.rip - 2, 2) != b"\x0f\x05":
-        raise VzcptError(f"the restore seed {pid} is not stopped after a syscall")
-    seed = RemoteTask(pid, regs.rip - 2)
-    seed.channel = seed_channel  # type: ignore[attr-defined]
-    seed.call(
-        nr.MMAP,
-        window_start,
-        PAGE,
-        PROT_READ | PROT_EXEC,
-        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-        -1,
-        0,
-        what="mmap of the gadget",
-    )
-    vm.write_mem(pid, window_start, GADGET)
-    seed.gadget = window_start
-    seed.map_scratch(window_start + PAGE)
-    _default_dispositions(seed)
-    return seed
+    theirs.close()
+    try:
+        options = ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_TRACEVFORK
+        ptrace.seize(pid, options | ptrace.O_EXITKILL)  # if we die, every stub dies with us
+        _wait_until_blocked(pid)
+        ptrace.interrupt(pid)
+        status = ptrace.wait(pid)
+        if status.event != ptrace.EVENT_STOP:
+            raise VzcptError(f"the restore seed {pid} did not stop (status {status.status:#x})")
+        regs = ptrace.get_regs(pid)
+        if vm.read_mem(pid, regs.rip - 2, 2) != b"\x0f\x05":
+            raise VzcptError(f"the restore seed {pid} is not stopped after a syscall")
+        task = RemoteTask(pid, regs.rip - 2)
+        task.call(
+            nr.MMAP,
+            window_start,
+            PAGE,
+            PROT_READ | PROT_EXEC,
+            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+            what="mmap of the gadget",
+        )
+        vm.write_mem(pid, window_start, GADGET)
+        task.gadget = window_start
+        task.map_scratch(window_start + PAGE)
+        _default_dispositions(task)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        reap_tracees([pid])
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        ours.close()
+        raise
+    return Seed(task, ours)
 
 
 def _default_dispositions(seed: RemoteTask) -> None:

@@ -55,7 +55,7 @@ class RegularHandler:
         if desc.deleted:
             fd = _recreate_unlinked(desc, flags)
         else:
-            _check_unchanged(desc)
+            check_unchanged(desc)
             fd = os.open(desc.path, flags | os.O_CLOEXEC)
         os.lseek(fd, desc.pos, os.SEEK_SET)
         return fd
@@ -73,7 +73,7 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _check_unchanged(desc: FileDesc) -> None:
+def check_unchanged(desc: FileDesc) -> None:
     try:
         size = os.stat(desc.path).st_size
     except OSError as exc:
