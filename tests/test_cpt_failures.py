@@ -1,9 +1,10 @@
-"""A restore that fails half-way removes every process it created; namespaces are the restorer's."""
+"""Failures leave nothing behind and the programs running; namespaces are the restorer's."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,3 +61,26 @@ def test_tree_in_a_network_namespace(tmp_path: Path, netns: str) -> None:
         )
         assert os.readlink(f"/proc/{prog.pid}/ns/net") == ns
         assert prog.verify() == "OK"
+
+
+def test_terminal_is_refused_and_program_runs_on(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            ["sleep", "1000"], stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        )
+        try:
+            time.sleep(0.2)
+            result = vzcpt("dump", "--pid", proc.pid, "--dumpfile", tmp_path / "d.img", check=False)
+            assert result.returncode != 0
+            line = result.stderr.strip()
+            assert "\n" not in line and "terminal" in line and f"process {proc.pid}" in line
+            assert not (tmp_path / "d.img").exists()
+            assert proc.poll() is None
+            assert all_processes()[proc.pid].state in "SR"
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -62,6 +62,11 @@ def freeze_tree(root: int) -> FrozenTree:
         while True:
             new = 0
             for pid in procfs.tree(root):
+                if pid == os.getpid():
+                    raise VzcptError(
+                        f"the tree of process {root} contains vzcpt itself: "
+                        "run vzcpt from outside the tree it checkpoints"
+                    )
                 if pid not in tree.pids:
                     tree.pids.append(pid)
                 stat = parse_stat(procfs.read(pid, "stat"))

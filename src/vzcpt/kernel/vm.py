@@ -19,6 +19,7 @@ from vzcpt.kernel import nr
 from vzcpt.kernel.libc import syscall
 
 IOV_MAX = 1024
+MAX_CALL_BYTES = 1 << 30
 
 
 class IoVec(ctypes.Structure):
@@ -75,28 +76,42 @@ def _transfer(
 
 
 def write_runs(pid: int, runs: Sequence[tuple[int, memoryview]]) -> int:
-    """Write each local buffer to its remote address, up to IOV_MAX runs per syscall."""
+    """Write each local buffer to its remote address, many runs per syscall.
+
+    A call moves at most IOV_MAX runs and, as the kernel caps one transfer
+    near 2 GiB (MAX_RW_COUNT), at most MAX_CALL_BYTES.
+    """
     done = 0
-    for first in range(0, len(runs), IOV_MAX):
-        chunk = runs[first : first + IOV_MAX]
-        local = (IoVec * len(chunk))(*(IoVec(_buffer_address(d, 0), len(d)) for _, d in chunk))
-        remote = (IoVec * len(chunk))(*(IoVec(a, len(d)) for a, d in chunk))
-        total = sum(len(d) for _, d in chunk)
-        moved = syscall(
-            nr.PROCESS_VM_WRITEV,
-            pid,
-            local,
-            len(chunk),
-            remote,
-            len(chunk),
-            0,
-            what=f"process_vm_writev to {pid}",
-            pid=pid,
-        )
-        if moved != total:
-            raise SyscallFailed(f"short memory write to process {pid}", 14)
-        done += moved
+    chunk: list[tuple[int, memoryview]] = []
+    size = 0
+    for address, data in runs:
+        if chunk and (len(chunk) == IOV_MAX or size + len(data) > MAX_CALL_BYTES):
+            done += _write_chunk(pid, chunk, size)
+            chunk, size = [], 0
+        chunk.append((address, data))
+        size += len(data)
+    if chunk:
+        done += _write_chunk(pid, chunk, size)
     return done
+
+
+def _write_chunk(pid: int, chunk: list[tuple[int, memoryview]], total: int) -> int:
+    local = (IoVec * len(chunk))(*(IoVec(_buffer_address(d, 0), len(d)) for _, d in chunk))
+    remote = (IoVec * len(chunk))(*(IoVec(a, len(d)) for a, d in chunk))
+    moved = syscall(
+        nr.PROCESS_VM_WRITEV,
+        pid,
+        local,
+        len(chunk),
+        remote,
+        len(chunk),
+        0,
+        what=f"process_vm_writev to {pid}",
+        pid=pid,
+    )
+    if moved != total:
+        raise SyscallFailed(f"short memory write to process {pid} ({moved} of {total} bytes)", 14)
+    return moved
 
 
 def read_mem(pid: int, address: int, length: int) -> bytes:

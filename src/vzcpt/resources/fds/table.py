@@ -8,7 +8,9 @@ numbers without ever closing one that is still to be placed.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 
 from vzcpt.errors import FileChanged, Unsupported
 from vzcpt.inject.fdpass import FdChannel
@@ -23,6 +25,8 @@ from vzcpt.resources.fds import FdEntry, FileDesc, LockRecord, catalogue, descri
 F_SETFD = 2
 FD_CLOEXEC = 1
 F_SETLK = 6
+F_OFD_SETLK = 37
+F_DUPFD_CLOEXEC = 1030
 F_WRLCK = 1
 F_RDLCK = 0
 
@@ -70,11 +74,11 @@ def open_description(ctx: RestoreContext, desc: FileDesc) -> int:
                 f"cannot open {what} again ({exc.strerror}): restore needs the files "
                 "the programs had open as they were at checkpoint"
             ) from exc
-        for lock in desc.locks:
-            if lock.kind == "FLOCK":  # belongs to the description: take it here
-                import fcntl
-
+        for lock in desc.locks:  # these belong to the description: take them here
+            if lock.kind == "FLOCK":
                 fcntl.flock(ctx.local_fds[key], fcntl.LOCK_EX if lock.write else fcntl.LOCK_SH)
+            elif lock.kind == "OFDLCK":
+                fcntl.fcntl(ctx.local_fds[key], F_OFD_SETLK, _flock(lock))
     return ctx.local_fds[key]
 
 
@@ -85,57 +89,47 @@ def restore_table(
     files: dict[int, FileDesc],
     channel: FdChannel,
 ) -> None:
-    """Install every descriptor at its number; the channel's own slot is left alone."""
+    """Install every descriptor at its number; the channel's own slot is left alone.
+
+    Received descriptors land on the lowest free numbers. Those already on
+    their number stay; the others are first lifted above every number in
+    play and then put down on theirs, so no move ever closes one still to
+    be placed. Three batches, whatever the number of descriptors.
+    """
     if not entries:
         return
-    locals_ = [open_description(ctx, files[e.file_id]) for e in entries]
-    received = channel.install(task, locals_)
-    placed: dict[int, int] = {}  # number in the task -> index of the entry living there
-    pending = {num: i for i, num in enumerate(received)}
-    for i, entry in enumerate(entries):
-        current = received[i]
-        if current != entry.fd:
-            if entry.fd in pending and pending[entry.fd] != i:
-                # Another received descriptor sits on our number: move it away first.
-                other = pending.pop(entry.fd)
-                moved = task.call(
-                    nr.FCNTL,
-                    entry.fd,
-                    1030,
-                    channel.remote_fd + 1,  # F_DUPFD_CLOEXEC
-                    what="fcntl(F_DUPFD_CLOEXEC)",
-                )
-                task.call(nr.CLOSE, entry.fd, what="close")
-                received[other] = moved
-                pending[moved] = other
-            task.call(
-                nr.DUP3,
-                current,
-                entry.fd,
-                os.O_CLOEXEC if entry.cloexec else 0,
-                what=f"dup3 to descriptor {entry.fd}",
-            )
-            task.call(nr.CLOSE, current, what="close")
-            pending.pop(current, None)
-        elif not entry.cloexec:
-            task.call(nr.FCNTL, entry.fd, F_SETFD, 0, what="fcntl(F_SETFD)")
-        placed[entry.fd] = i
-        pending.pop(entry.fd, None)
-    for entry in entries:
-        for lock in files[entry.file_id].locks:
-            if lock.kind == "POSIX":  # belongs to the process: take it from inside
-                _posix_lock(task, entry.fd, lock)
-
-
-def _posix_lock(task: RemoteTask, fd: int, lock: LockRecord) -> None:
-    length = 0 if lock.end is None else lock.end - lock.start + 1
-    flock = (
-        (F_WRLCK if lock.write else F_RDLCK).to_bytes(2, "little")
-        + (0).to_bytes(2, "little")
-        + bytes(4)
-        + lock.start.to_bytes(8, "little")
-        + length.to_bytes(8, "little")
-        + bytes(8)
+    received = channel.install(task, [open_description(ctx, files[e.file_id]) for e in entries])
+    misplaced = [(e, r) for e, r in zip(entries, received, strict=True) if e.fd != r]
+    base = max([channel.remote_fd, *received, *(e.fd for e in entries)]) + 1
+    lifted = task.batch(
+        [(nr.FCNTL, r, F_DUPFD_CLOEXEC, base) for _, r in misplaced], what="fcntl(F_DUPFD)"
     )
-    task.put(0, flock)
-    task.call_raw(nr.FCNTL, fd, F_SETLK, task.scratch)
+    calls: list[tuple[int, ...]] = [(nr.CLOSE, r) for _, r in misplaced]
+    for (entry, _), high in zip(misplaced, lifted, strict=True):
+        calls.append((nr.DUP3, high, entry.fd, os.O_CLOEXEC if entry.cloexec else 0))
+        calls.append((nr.CLOSE, high))
+    calls += [
+        (nr.FCNTL, e.fd, F_SETFD, 0)  # received close-on-exec; keep it only where it was
+        for e, r in zip(entries, received, strict=True)
+        if e.fd == r and not e.cloexec
+    ]
+    calls += [
+        _posix_lock_call(task, i, entry.fd, lock)
+        for i, (entry, lock) in enumerate(
+            (e, lk) for e in entries for lk in files[e.file_id].locks if lk.kind == "POSIX"
+        )
+    ]
+    task.batch(calls, what="placing descriptors")
+
+
+def _flock(lock: LockRecord) -> bytes:
+    """struct flock for a saved byte-range lock (l_whence SEEK_SET, l_len 0 = to EOF)."""
+    length = 0 if lock.end is None else lock.end - lock.start + 1
+    kind = F_WRLCK if lock.write else F_RDLCK
+    return struct.pack("<hhxxxxqqixxxx", kind, 0, lock.start, length, 0)
+
+
+def _posix_lock_call(task: RemoteTask, n: int, fd: int, lock: LockRecord) -> tuple[int, ...]:
+    """fcntl(F_SETLK) taking a saved POSIX lock: it belongs to the process, so it is
+    taken from inside it (struct flock number n in the scratch area)."""
+    return (nr.FCNTL, fd, F_SETLK, task.put(n * 32, _flock(lock)))
