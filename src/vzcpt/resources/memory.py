@@ -223,17 +223,15 @@ def check_files(mm: MmRecord, pid: int) -> None:
             )
 
 
-def replace_mm(
-    ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord, window: tuple[int, int]
-) -> None:
+def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) -> None:
     """Turn the stub's address space into the saved one.
 
-    Before: the stub has its own mappings, our scratch area at the start of
-    `window` (free in the saved layout) and the vDSO of this kernel. After:
-    exactly the saved mappings with their pages, plus the scratch area; the
-    saved brk, stack, argv/env, auxv and exe link are set.
+    Before: the stub holds only the restore window (free in the saved
+    layout): our gadget, scratch area and this kernel's vDSO parked there.
+    After: exactly the saved mappings with their pages, plus gadget and
+    scratch; the saved brk, stack, argv/env, auxv and exe link are set.
     """
-    _move_specials(task, mm, window, ctx.stub_specials)
+    _place_specials(task, mm, ctx.stub_specials)
     # Now, while no file is mapped: the kernel refuses a new exe link (EBUSY)
     # while the old exe file is still mapped, and the stub's exe (our Python)
     # may be the very file the saved process maps.
@@ -339,45 +337,49 @@ def _mmap_call(vma: VmaRecord, fds: dict[tuple[str, int], int], writable: bool) 
     return (nr.MMAP, vma.start, length, prot, flags, fds[(vma.path, _access(vma))], vma.offset)
 
 
-def stub_specials(pid: int) -> dict[str, tuple[int, int]]:
-    """Where the vDSO and its data pages are in a stub (all stubs inherit the seed's)."""
-    return {
-        e.path: (e.start, e.size) for e in parse_maps(procfs.read(pid, "maps")) if e.path in SPECIAL
-    }
+def empty_address_space(task: RemoteTask, window: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """Unmap everything of the task outside `window`, parking the vDSO inside it.
 
-
-def _move_specials(
-    task: RemoteTask, mm: MmRecord, window: tuple[int, int], current: dict[str, tuple[int, int]]
-) -> None:
-    """Unmap everything of the stub outside `window`, and put the vDSO where it was.
-
-    `window` is free in the saved layout; our scratch area sits at its start.
-    The specials are parked inside it first, so that unmapping the stub and
-    moving them to their final places can never collide.
+    Done once, in the seed: every stub cloned from it is then born with
+    nothing but the window (our gadget, scratch area and the parked vDSO),
+    so cloning is cheap and nothing of the restorer's memory is left to
+    remove. Returns where each special mapping is parked.
     """
-    saved = {f"[{v.kind}]": v for v in mm.vmas if v.kind in ("vdso", "vvar", "vvar_vclock")}
     low, high = window
     parking = low + (1 << 20)
+    parked: dict[str, tuple[int, int]] = {}
     calls: list[tuple[int, ...]] = []
-    finals: list[tuple[int, ...]] = []
-    for name, (start, size) in current.items():
-        calls.append((nr.MREMAP, start, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, parking))
+    for e in parse_maps(procfs.read(task.tid, "maps")):
+        if e.path in SPECIAL:
+            calls.append(
+                (nr.MREMAP, e.start, e.size, e.size, MREMAP_MAYMOVE | MREMAP_FIXED, parking)
+            )
+            parked[e.path] = (parking, e.size)
+            parking += e.size + PAGE_SIZE
+    if parking > high:
+        raise Unsupported("the vDSO does not fit the restore window")
+    calls += [(nr.MUNMAP, 0, low), (nr.MUNMAP, high, TASK_SIZE - high)]
+    task.batch(calls, what="emptying the seed's address space")
+    return parked
+
+
+def _place_specials(task: RemoteTask, mm: MmRecord, parked: dict[str, tuple[int, int]]) -> None:
+    """Move the parked vDSO and its data pages to where they were at checkpoint."""
+    saved = {f"[{v.kind}]": v for v in mm.vmas if v.kind in ("vdso", "vvar", "vvar_vclock")}
+    calls: list[tuple[int, ...]] = []
+    for name, (address, size) in parked.items():
         target = saved.get(name)
         if target is None:
-            finals.append((nr.MUNMAP, parking, size))
+            calls.append((nr.MUNMAP, address, size))
         elif target.end - target.start != size:
             raise KernelMismatch(
                 f"{name} is {size} bytes here but was {target.end - target.start} at checkpoint"
             )
         else:
-            finals.append(
-                (nr.MREMAP, parking, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target.start)
+            calls.append(
+                (nr.MREMAP, address, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target.start)
             )
-        parking += size + PAGE_SIZE
-    if parking > high:
-        raise Unsupported("the vDSO does not fit the restore window")
-    calls += [(nr.MUNMAP, 0, low), (nr.MUNMAP, high, TASK_SIZE - high)]
-    task.batch(calls + finals, what="making room for the saved address space")
+    task.batch(calls, what="placing the vDSO")
 
 
 def _set_mm_map(task: RemoteTask, mm: MmRecord) -> None:

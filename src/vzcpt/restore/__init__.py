@@ -5,7 +5,8 @@
     check     the vDSO is this kernel's, every pid is free, every file the
               programs held or mapped is as it was; still nothing changed
     seed      one stopped copy of the restorer holds our gadget and scratch
-              page at the start of the restore window
+              page at the start of the restore window, the vDSO parked
+              there too, and nothing else: its own memory is gone
     tree      every process exists as a stopped stub with its saved pid,
               parent, session and process group (restore/tree.py)
     files     every stub holds its descriptors at their saved numbers
@@ -42,8 +43,6 @@ from vzcpt.restore.seed import spawn_seed
 from vzcpt.restore.tree import TreeBuilder, check_ids, clone_thread
 from vzcpt.restore.window import choose_window
 
-RSEQ_FLAG_UNREGISTER = 1
-
 
 def restore_tree(dumpfile: str, *, leave_stopped: bool = False, stats: Stats | None = None) -> int:
     """Rebuild the dumped tree; return the root pid once it runs (or is stopped)."""
@@ -72,12 +71,12 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # stubs inherit it until restored
     baseline = process.restorer_baseline()
-    seed = spawn_seed(channel_fd, window[0])
+    seed = spawn_seed(channel_fd, window)
     ctx = RestoreContext(
         image=image,
         stats=stats,
         channel=FdChannel(seed.channel, channel_fd),
-        stub_specials=memory.stub_specials(seed.task.tid),
+        stub_specials=seed.specials,
     )
     builder = TreeBuilder(seed.task, procs, header.root)
     warnings: list[str] = []
@@ -90,9 +89,7 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
             if rec.zombie:
                 continue
             stage = time.monotonic()
-            threads[rec.pid] = _rebuild_process(
-                ctx, rec, tasks[rec.pid], files, baseline, window, warnings
-            )
+            threads[rec.pid] = _rebuild_process(ctx, rec, tasks[rec.pid], files, baseline, warnings)
             stats.add_time("memory+state", time.monotonic() - stage)
         builder.become_zombies()
         for rec in procs:
@@ -141,23 +138,13 @@ def _rebuild_process(
     main: RemoteTask,
     files: dict[int, FileDesc],
     baseline: process.Baseline,
-    window: tuple[int, int],
     warnings: list[str],
 ) -> list[RemoteTask]:
+    """Files, memory, signals, timers, attributes and threads of one process."""
     assert rec.mm is not None and rec.attrs is not None and rec.signals is not None
     assert rec.timers is not None
-    stub_rseq = ptrace.get_rseq(main.tid)
-    if stub_rseq.pointer:  # the seed's glibc registered one; it must go before its memory
-        main.call(
-            nr.RSEQ,
-            stub_rseq.pointer,
-            stub_rseq.size,
-            RSEQ_FLAG_UNREGISTER,
-            stub_rseq.signature,
-            what="rseq unregistration",
-        )
     restore_table(ctx, main, rec.fds, files, ctx.channel)
-    memory.replace_mm(ctx, main, rec.pid, rec.mm, window)
+    memory.replace_mm(ctx, main, rec.pid, rec.mm)
     signals.restore_actions(main, rec.signals)
     timers.restore_timers(main, rec.pid, rec.timers)
     process.restore_attrs(main, rec.attrs, baseline.attrs, warnings)

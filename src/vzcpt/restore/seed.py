@@ -29,8 +29,10 @@ from vzcpt.inject.remote import (
 )
 from vzcpt.kernel import nr, ptrace, vm
 from vzcpt.proc import files as procfs
+from vzcpt.resources import memory
 
 GADGET = b"\x0f\x05\xcc"  # syscall; int3
+RSEQ_FLAG_UNREGISTER = 1
 PAGE = 4096
 
 
@@ -38,6 +40,7 @@ PAGE = 4096
 class Seed:
     task: RemoteTask  # the stopped seed, with our gadget and scratch area mapped
     channel: socket.socket  # our end of the descriptor channel every stub inherits
+    specials: dict[str, tuple[int, int]]  # where the vDSO is parked in the window
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -46,8 +49,9 @@ class Seed:
         self.channel.close()
 
 
-def spawn_seed(channel_fd: int, window_start: int) -> Seed:
+def spawn_seed(channel_fd: int, window: tuple[int, int]) -> Seed:
     """Fork and seize the seed; return it ready to clone stubs from."""
+    window_start = window[0]
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     pid = os.fork()
     if pid == 0:  # the seed: no Python beyond this function, ever
@@ -88,6 +92,17 @@ def spawn_seed(channel_fd: int, window_start: int) -> Seed:
         task.gadget = window_start
         task.map_scratch(window_start + PAGE)
         _default_dispositions(task)
+        rseq = ptrace.get_rseq(pid)
+        if rseq.pointer:  # glibc's, in memory about to go: the kernel would fault the seed
+            task.call(
+                nr.RSEQ,
+                rseq.pointer,
+                rseq.size,
+                RSEQ_FLAG_UNREGISTER,
+                rseq.signature,
+                what="rseq unregistration",
+            )
+        parked = memory.empty_address_space(task, window)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -96,7 +111,7 @@ def spawn_seed(channel_fd: int, window_start: int) -> Seed:
             os.waitpid(pid, 0)
         ours.close()
         raise
-    return Seed(task, ours)
+    return Seed(task, ours, parked)
 
 
 def _default_dispositions(seed: RemoteTask) -> None:
