@@ -54,19 +54,13 @@ def dump_signals(pid: int, task: RemoteTask) -> SignalsRecord:
 
 
 def restore_actions(task: RemoteTask, rec: SignalsRecord) -> None:
-    for act in rec.actions:
+    calls: list[tuple[int, ...]] = []
+    for i, act in enumerate(rec.actions):
         raw = b"".join(
             v.to_bytes(8, "little") for v in (act.handler, act.flags, act.restorer, act.mask)
         )
-        task.put(0, raw)
-        task.call(
-            nr.RT_SIGACTION,
-            act.signo,
-            task.scratch,
-            0,
-            SIGSET_SIZE,
-            what=f"rt_sigaction({act.signo})",
-        )
+        calls.append((nr.RT_SIGACTION, act.signo, task.put(i * 32, raw), 0, SIGSET_SIZE))
+    task.batch(calls, what="rt_sigaction")
 
 
 def restore_shared_pending(task: RemoteTask, pid: int, rec: SignalsRecord) -> None:
