@@ -25,7 +25,7 @@ from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc.pagemap import PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP
 from vzcpt.resources.context import DumpContext
 
-BATCH_BYTES = 64 << 20  # pages copied per process_vm_readv round
+BATCH_BYTES = 16 << 20  # pages copied per process_vm_readv round
 
 
 class Mapping(Protocol):
