@@ -1,0 +1,1 @@
+"""VEs: the container runtime (config, root file system, cgroups, network, lifecycle)."""
