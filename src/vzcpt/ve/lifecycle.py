@@ -1,0 +1,400 @@
+"""A VE's life: create, start, exec, enter, set, stop, destroy — OpenVZ's vzctl, as an API.
+
+Every operation takes the VE's lock, reads its recorded state, checks the
+transition (ve/state.py) and records the new state only once the work is
+done; a failure half-way undoes what that operation built.
+
+Starting a VE: its root is mounted (private area plus the host's system
+directories read-only), its cgroups made and limited; a launcher process
+joins the cgroups, unshares the mount, UTS, IPC, network, pid and cgroup
+namespaces and forks the VE's init, which sets the hostname, enters the
+root (its own /proc, /sys, /dev, devpts) and execs. The launcher exits, so
+init, pid 1 inside, is left to the host like any daemon. Then the host gives
+the VE its veth and addresses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+
+from vzcpt.errors import VzcptError
+from vzcpt.kernel import mounts
+from vzcpt.proc import files as procfs
+from vzcpt.proc.stat import parse_stat
+from vzcpt.ve import init, net, rootfs, templates
+from vzcpt.ve.cgroups import VeCgroups
+from vzcpt.ve.config import VeConfig, load_global, load_ve
+from vzcpt.ve.paths import Paths
+from vzcpt.ve.state import (
+    StateRecord,
+    VeLock,
+    VeState,
+    check_transition,
+    commit_transition,
+    load_state,
+)
+
+NAMESPACES = (
+    mounts.CLONE_NEWNS
+    | mounts.CLONE_NEWUTS
+    | mounts.CLONE_NEWIPC
+    | mounts.CLONE_NEWNET
+    | mounts.CLONE_NEWPID
+    | mounts.CLONE_NEWCGROUP
+)
+VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class VeStatus:
+    veid: int
+    state: VeState
+    init_pid: int | None
+    processes: int
+    addresses: list[str]
+    hostname: str | None
+
+
+class VE:
+    """One VE, by its VEID, under the paths of this host (VZCPT_ROOT)."""
+
+    def __init__(self, veid: int, paths: Paths | None = None) -> None:
+        self.veid = veid
+        self.paths = paths or Paths.from_env()
+
+    # --- reading -----------------------------------------------------------
+
+    def config(self) -> VeConfig:
+        return load_ve(self.paths, self.veid)
+
+    def state(self) -> StateRecord:
+        """The recorded state, corrected if the VE's init died behind our back."""
+        rec = load_state(self.paths, self.veid)
+        if rec.state == VeState.RUNNING and not self._init_alive(rec):
+            self._cleanup_after_init()
+            rec = commit_transition(self.paths, rec, "stop")
+        return rec
+
+    def status(self) -> VeStatus:
+        rec = self.state()
+        cfg = load_ve(self.paths, self.veid, missing_ok=True)
+        processes = len(VeCgroups(self.veid).pids()) if rec.state.has_processes else 0
+        return VeStatus(
+            self.veid, rec.state, rec.init_pid, processes, cfg.ip_addresses, cfg.hostname
+        )
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def create(
+        self,
+        ostemplate: str | None = None,
+        hostname: str | None = None,
+        addresses: list[str] | None = None,
+    ) -> None:
+        with VeLock(self.paths, self.veid):
+            rec = load_state(self.paths, self.veid)
+            check_transition("create", rec.state, self.veid)
+            defaults = load_global(self.paths)
+            template = ostemplate or defaults.get("DEF_OSTEMPLATE") or templates.BUILTIN
+            templates.create_private(self.paths, self.veid, template)
+            try:
+                cfg = VeConfig(path=self.paths.ve_conf(self.veid), defaults=defaults)
+                cfg.set("VE_ROOT", "/vz/root/$VEID")
+                cfg.set("VE_PRIVATE", "/vz/private/$VEID")
+                cfg.ostemplate = template
+                if hostname:
+                    cfg.hostname = hostname
+                for address in addresses or []:
+                    cfg.add_ip(address)
+                self.paths.conf_dir.mkdir(parents=True, exist_ok=True)
+                cfg.save()
+            except BaseException:
+                templates.remove_tree(str(self.paths.private(self.veid)))
+                raise
+            commit_transition(self.paths, rec, "create")
+
+    def start(self) -> int:
+        """Start the VE; return the host pid of its init."""
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("start", rec.state, self.veid)
+            cfg = self.config()
+            root = rootfs.mount_root(self.paths, self.veid)
+            cgroups = VeCgroups(self.veid)
+            init_pid = None
+            try:
+                cgroups.create()
+                cgroups.set_limits(
+                    ram_bytes=cfg.ram_bytes,
+                    swap_bytes=cfg.swap_bytes,
+                    cpus=cfg.cpus,
+                    numproc=cfg.numproc,
+                )
+                self._write_resolv_conf(cfg)
+                init_pid = _spawn_init(root, cfg.hostname or f"ve{self.veid}", cgroups)
+                net.setup_network(self.veid, init_pid, cfg.ip_addresses, cfg.hostname)
+            except BaseException:
+                if init_pid is not None:
+                    _kill_and_wait(init_pid)
+                net.teardown_network(self.veid)
+                with contextlib.suppress(VzcptError):
+                    cgroups.destroy(kill=True)
+                rootfs.umount_root(self.paths, self.veid)
+                raise
+            rec.init_pid = init_pid
+            rec.extra["init_start"] = str(parse_stat(procfs.read(init_pid, "stat")).starttime)
+            commit_transition(self.paths, rec, "start")
+            return init_pid
+
+    def stop(self) -> None:
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("stop", rec.state, self.veid)
+            if rec.init_pid is not None and self._init_alive(rec):
+                if rec.state.frozen:
+                    VeCgroups(self.veid).thaw()  # a frozen init cannot act on SIGTERM
+                _stop_init(rec.init_pid)
+            self._cleanup_after_init()
+            commit_transition(self.paths, rec, "stop")
+
+    def restart(self) -> int:
+        if self.state().state == VeState.RUNNING:
+            self.stop()
+        return self.start()
+
+    def destroy(self) -> None:
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("destroy", rec.state, self.veid)
+            rootfs.umount_root(self.paths, self.veid)
+            templates.remove_tree(str(self.paths.private(self.veid)))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.paths.ve_conf(self.veid))
+            commit_transition(self.paths, rec, "destroy")
+
+    # --- inside --------------------------------------------------------------
+
+    def exec(self, command: list[str], *, interactive: bool = False) -> int:
+        """Run a command inside the running VE; return its exit status."""
+        rec = self.state()
+        check_transition("enter" if interactive else "exec", rec.state, self.veid)
+        assert rec.init_pid is not None
+        cgroups = VeCgroups(self.veid)
+        argv = [
+            "nsenter",
+            f"--target={rec.init_pid}",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--pid",
+            "--cgroup",
+            "--root",
+            "--wd=/",
+            "--",
+            "/usr/bin/env",
+            "-i",
+            f"PATH={VE_PATH}",
+            "HOME=/root",
+            f"TERM={os.environ.get('TERM', 'dumb')}",
+            *command,
+        ]
+        proc = subprocess.run(
+            argv, cwd="/", preexec_fn=lambda: cgroups.add(os.getpid()), check=False
+        )
+        return proc.returncode
+
+    def set(
+        self,
+        *,
+        hostname: str | None = None,
+        add_ips: list[str] | None = None,
+        del_ips: list[str] | None = None,
+        nameservers: list[str] | None = None,
+        ram_bytes: int | None = None,
+        swap_bytes: int | None = None,
+        cpus: int | None = None,
+        numproc: str | None = None,
+        save: bool = False,
+    ) -> None:
+        """Change settings; applied at once to a running VE, kept in the config with save."""
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("set", rec.state, self.veid)
+            cfg = self.config()
+            running = rec.state == VeState.RUNNING and rec.init_pid is not None
+            for address in add_ips or []:
+                address = cfg.add_ip(address)
+                if running:
+                    net.add_address(self.veid, rec.init_pid or 0, address)
+            for address in del_ips or []:
+                if running:
+                    net.del_address(self.veid, rec.init_pid or 0, address)
+                cfg.del_ip(address)
+            if hostname is not None:
+                cfg.hostname = hostname
+                if running:
+                    self._run_inside(rec, ["hostname", hostname])
+            if nameservers is not None:
+                cfg.nameservers = nameservers
+            if ram_bytes is not None:
+                cfg.ram_bytes = ram_bytes
+            if swap_bytes is not None:
+                cfg.swap_bytes = swap_bytes
+            if cpus is not None:
+                cfg.cpus = cpus
+            if numproc is not None:
+                cfg.set_numproc(numproc)
+            if running:
+                VeCgroups(self.veid).set_limits(
+                    ram_bytes=ram_bytes, swap_bytes=swap_bytes, cpus=cpus, numproc=cfg.numproc
+                )
+            if hostname is not None or nameservers is not None:
+                self._write_etc(cfg)
+            if save:
+                cfg.save()
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _init_alive(self, rec: StateRecord) -> bool:
+        if rec.init_pid is None:
+            return False
+        try:
+            stat = parse_stat(procfs.read(rec.init_pid, "stat"))
+        except VzcptError:
+            return False
+        return stat.state not in "ZX" and str(stat.starttime) == rec.extra.get("init_start")
+
+    def _cleanup_after_init(self) -> None:
+        net.teardown_network(self.veid)
+        cgroups = VeCgroups(self.veid)
+        if cgroups.exists():
+            cgroups.destroy(kill=True)
+        rootfs.umount_root(self.paths, self.veid)
+
+    def _run_inside(self, rec: StateRecord, command: list[str]) -> None:
+        status = self.exec(command)
+        if status != 0:
+            raise VzcptError(f"VE {self.veid}: {' '.join(command)} failed (exit {status})")
+
+    def _write_etc(self, cfg: VeConfig) -> None:
+        etc = self.paths.private(self.veid) / "etc"
+        if cfg.hostname:
+            (etc / "hostname").write_text(cfg.hostname + "\n")
+        self._write_resolv_conf(cfg)
+
+    def _write_resolv_conf(self, cfg: VeConfig) -> None:
+        if cfg.nameservers:
+            resolv = self.paths.private(self.veid) / "etc" / "resolv.conf"
+            with contextlib.suppress(FileNotFoundError):
+                resolv.unlink()  # the template's may be a symlink: never write through it
+            resolv.write_text("".join(f"nameserver {ns}\n" for ns in cfg.nameservers))
+
+
+def list_ves(paths: Paths | None = None) -> list[VeStatus]:
+    """Every VE this host knows: a config file or a private area."""
+    paths = paths or Paths.from_env()
+    veids: set[int] = set()
+    if paths.conf_dir.is_dir():
+        veids |= {int(p.stem) for p in paths.conf_dir.glob("*.conf") if p.stem.isdigit()}
+    private_root = paths.private(1).parent
+    if private_root.is_dir():
+        veids |= {int(p.name) for p in private_root.iterdir() if p.name.isdigit()}
+    return [VE(veid, paths).status() for veid in sorted(veids)]
+
+
+def _spawn_init(root: str, hostname: str, cgroups: VeCgroups) -> int:
+    """Launch the VE's init in new namespaces; return its host pid once it runs."""
+    read_end, write_end = os.pipe()
+    launcher = os.fork()
+    if launcher == 0:  # the launcher: joins the cgroups, makes the namespaces, forks init
+        code = 1
+        try:
+            os.close(read_end)
+            os.setsid()
+            cgroups.add(os.getpid())
+            mounts.unshare(NAMESPACES)
+            pid = os.fork()
+            if pid == 0:
+                _become_init(root, hostname, write_end)
+            os.write(write_end, f"{pid}\n".encode())
+            code = 0
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(write_end, f"error {exc}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        answer = _read_all(read_end)
+    finally:
+        os.close(read_end)
+        os.waitpid(launcher, 0)
+    lines = answer.splitlines()
+    if not lines or not lines[0].isdigit():
+        raise VzcptError(f"the VE's init did not start: {answer.strip() or 'no answer'}")
+    pid = int(lines[0])
+    if len(lines) > 1:
+        raise VzcptError(f"the VE's init did not start: {lines[1].removeprefix('error ')}")
+    return pid
+
+
+def _become_init(root: str, hostname: str, report: int) -> None:
+    """In the new pid namespace (we are its pid 1): set up and exec init. Never returns."""
+    try:
+        socket.sethostname(hostname)
+        rootfs.enter_root(root)
+        source_r, source_w = os.pipe()
+        os.write(source_w, init.SOURCE.encode())  # far below a pipe's capacity
+        os.close(source_w)
+        devnull = os.open("/dev/null", os.O_RDWR)
+        os.dup2(source_r, 0)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.closerange(3, 65536)  # the report pipe too: the launcher answers for us
+        os.execve(init.INTERPRETER, init.argv(), {"PATH": VE_PATH, "HOME": "/root"})
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(report, f"error {exc}\n".encode())
+    finally:
+        os._exit(127)
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _stop_init(pid: int) -> None:
+    """SIGTERM to init (it stops the VE's processes and exits), SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, STOP_TIMEOUT):
+        _kill_and_wait(pid)
+
+
+def _kill_and_wait(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid, STOP_TIMEOUT)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if parse_stat(procfs.read(pid, "stat")).state in "ZX":
+                return True
+        except VzcptError:
+            return True
+        time.sleep(0.02)
+    return False

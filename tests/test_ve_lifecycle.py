@@ -1,0 +1,190 @@
+"""VEs through vzctl, as an operator runs them: create, start, exec, set, list, stop, destroy.
+
+Each test gets its own VZCPT_ROOT and VEIDs nobody else uses, and removes
+its VEs (processes, mounts, cgroups, veths) even when it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vzcpt.ve import net, rootfs
+from vzcpt.ve.cgroups import VeCgroups
+from vzcpt.ve.lifecycle import VE
+from vzcpt.ve.paths import Paths
+from vzcpt.ve.state import VeLock
+
+VZCTL = [sys.executable, "-m", "vzcpt.cli.vzctl"]
+
+
+class Host:
+    """vzctl under one VZCPT_ROOT, cleaning up every VE it made."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.paths = Paths(str(root))
+        self.env = {**os.environ, "VZCPT_ROOT": str(root)}
+        self.veids: list[int] = []
+
+    def new_veid(self) -> int:
+        veid = random.randrange(100_000, 2_000_000_000)
+        self.veids.append(veid)
+        return veid
+
+    def vzctl(self, *args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*VZCTL, *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"vzctl {' '.join(map(str, args))}: {result.stderr.strip()}")
+        return result
+
+    def cleanup(self) -> None:
+        for veid in self.veids:
+            ve = VE(veid, self.paths)
+            with contextlib.suppress(Exception):
+                ve.stop()
+            with contextlib.suppress(Exception):
+                net.teardown_network(veid)
+            with contextlib.suppress(Exception):
+                VeCgroups(veid).destroy(kill=True)
+            with contextlib.suppress(Exception):
+                rootfs.umount_tree(str(self.paths.ve_root(veid)))
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    h = Host(tmp_path / "host")
+    h.root.mkdir()
+    try:
+        yield h
+    finally:
+        h.cleanup()
+        assert not rootfs.mounts_under(str(h.root)), "mounts left behind"
+
+
+def address(veid: int) -> str:
+    return f"10.251.{veid % 250}.{veid % 200 + 10}"
+
+
+def test_ve_lifecycle(host: Host) -> None:
+    veid = host.new_veid()
+    host.vzctl("create", veid, "--hostname", "alpha", "--ipadd", address(veid))
+    assert 'HOSTNAME="alpha"' in host.paths.ve_conf(veid).read_text()
+    assert host.vzctl("status", veid).stdout.split()[3:] == ["unmounted", "stopped"]
+    host.vzctl("start", veid)
+    assert host.vzctl("status", veid).stdout.split()[3:] == ["mounted", "running"]
+    inside = host.vzctl(
+        "exec",
+        veid,
+        "hostname; cat /proc/1/cmdline | cut -c1-4; "
+        "ip -br addr show eth0; test -e /work && echo LEAK; "
+        "touch /usr/x 2>/dev/null && echo RW; echo ok > /etc/probe",
+    ).stdout
+    lines = inside.splitlines()
+    assert lines[0] == "alpha" and lines[1] == "init"
+    assert address(veid) in lines[2]
+    assert "LEAK" not in inside and "RW" not in inside
+    assert (host.paths.private(veid) / "etc" / "probe").read_text() == "ok\n"
+    assert not Path("/etc/probe").exists()
+    listed = host.vzctl("list").stdout
+    assert any(
+        line.split()[0] == str(veid) and "running" in line and address(veid) in line
+        for line in listed.splitlines()
+    )
+    host.vzctl("stop", veid)
+    assert host.vzctl("status", veid).stdout.split()[3:] == ["unmounted", "stopped"]
+    assert not rootfs.mounts_under(str(host.root))
+    assert not VeCgroups(veid).exists()
+    host.vzctl("destroy", veid)
+    assert not host.paths.private(veid).exists()
+    assert host.vzctl("status", veid).stdout.split()[2] == "deleted"
+
+
+def test_two_ves_at_once_and_orphans_reaped(host: Host) -> None:
+    a, b = host.new_veid(), host.new_veid()
+    for veid in (a, b):
+        host.vzctl("create", veid, "--ipadd", address(veid))
+        host.vzctl("start", veid)
+    assert host.vzctl("exec", a, "hostname").stdout.strip() != ""
+    # An orphan is adopted and, once it exits, reaped by the VE's init.
+    host.vzctl("exec", a, "sleep 0.3 & exit 0")
+    time.sleep(1)
+    states = host.vzctl("exec", a, "ps -eo stat=").stdout.split()
+    assert "Z" not in "".join(states)
+    # Each sees only its own processes.
+    assert host.vzctl("exec", b, "ps -eo pid= | wc -l").stdout.strip() in ("3", "4")
+    host.vzctl("stop", a)
+    assert host.vzctl("status", b).stdout.split()[4] == "running"
+
+
+def test_illegal_transitions_and_bad_input(host: Host) -> None:
+    veid = host.new_veid()
+    for args, words in (
+        (("start", veid), "does not exist"),
+        (("start", "abc"), "invalid VEID"),
+        (("start", "0"), "invalid VEID"),
+        (("create", veid, "--ostemplate", "no-such-template"), "template"),
+    ):
+        result = host.vzctl(*args, check=False)
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert words in result.stderr, result.stderr
+    host.vzctl("create", veid)
+    host.vzctl("start", veid)
+    for args in (("start", veid), ("destroy", veid), ("create", veid)):
+        result = host.vzctl(*args, check=False)
+        assert result.returncode != 0 and "running" in result.stderr, result.stderr
+    host.vzctl("stop", veid)
+    result = host.vzctl("exec", veid, "true", check=False)
+    assert result.returncode != 0 and "stopped" in result.stderr
+
+
+def test_lock_keeps_two_vzctl_apart(host: Host) -> None:
+    veid = host.new_veid()
+    host.vzctl("create", veid)
+    with VeLock(host.paths, veid):
+        result = host.vzctl("start", veid, check=False)
+    assert result.returncode != 0
+    assert f"pid {os.getpid()}" in result.stderr and "locked" in result.stderr
+    assert host.vzctl("status", veid).stdout.split()[4] == "stopped"
+
+
+def test_set_on_a_running_ve(host: Host) -> None:
+    veid = host.new_veid()
+    host.vzctl("create", veid, "--ipadd", address(veid))
+    host.vzctl("start", veid)
+    extra = f"10.252.{veid % 250}.7"
+    host.vzctl(
+        "set",
+        veid,
+        "--hostname",
+        "beta",
+        "--ipadd",
+        extra,
+        "--numproc",
+        "64",
+        "--ram",
+        "256M",
+        "--save",
+    )
+    assert host.vzctl("exec", veid, "hostname").stdout.strip() == "beta"
+    assert extra in host.vzctl("exec", veid, "ip -br addr show eth0").stdout
+    limits = VeCgroups(veid).read_limits()
+    assert limits["numproc"] == 64 and limits["ram_bytes"] == 256 << 20
+    conf = host.paths.ve_conf(veid).read_text()
+    assert 'HOSTNAME="beta"' in conf and extra in conf
