@@ -29,6 +29,7 @@ from vzcpt.kernel.probes import vdso_fingerprint
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import parse_maps
 from vzcpt.proc.stat import parse_stat
+from vzcpt.proc.status import namespace_ids
 from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import DumpContext, Stats
 from vzcpt.resources.fds.table import dump_table
@@ -44,6 +45,7 @@ def dump_tree(
     leave: Leave = "kill",
     compress: bool = False,
     stats: Stats | None = None,
+    own_pid_namespace: bool = False,
 ) -> Stats:
     """Save the tree rooted at `root` into `dumpfile` ("-" for standard output)."""
     stats = stats or Stats()
@@ -56,7 +58,7 @@ def dump_tree(
         out = create_dumpfile(dumpfile)
         collect_started = time.monotonic()
         with _BackgroundSync(out if dumpfile != "-" else None):
-            _write_dump(tree, out, compress, stats)
+            _write_dump(tree, out, compress, stats, own_pid_namespace)
         stats.add_time("dump", time.monotonic() - collect_started)
         if leave == "running":
             # Everything is captured: a tree that runs on needn't wait for the disk.
@@ -121,9 +123,19 @@ def _sync_and_verify(out: BinaryIO, dumpfile: str, stats: Stats) -> None:
     stats.add_time("sync+verify", time.monotonic() - started)
 
 
-def _write_dump(tree: FrozenTree, out: BinaryIO, compress: bool, stats: Stats) -> None:
+def _write_dump(
+    tree: FrozenTree, out: BinaryIO, compress: bool, stats: Stats, own_pid_namespace: bool
+) -> None:
     writer = DumpWriter(out, compress=compress)
     ctx = DumpContext(writer=writer, stats=stats)
+    if own_pid_namespace:
+        # The tree is a VE: it is saved with the ids its programs know (its
+        # root is pid 1), so that it can be rebuilt in a fresh pid namespace.
+        ctx.ids = {
+            tid: namespace_ids(procfs.read(pid, "status", tid=tid)).pid
+            for pid in tree.pids
+            for tid in tree.threads.get(pid) or [pid]
+        }
     try:
         writer.write_record(
             DumpHeader(
@@ -148,11 +160,15 @@ def _write_dump(tree: FrozenTree, out: BinaryIO, compress: bool, stats: Stats) -
 
 def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord:
     stat = parse_stat(procfs.read(pid, "stat"))
+    ppid, pgid, sid = stat.ppid, stat.pgrp, stat.session
+    if ctx.ids:  # ids in the tree's own pid namespace; 0 for what lies outside it
+        inner = namespace_ids(procfs.read(pid, "status"))
+        ppid, pgid, sid = ctx.ids.get(ppid, 0), inner.pgid, inner.sid
     rec = ProcessRecord(
-        pid=pid,
-        ppid=stat.ppid,
-        pgid=stat.pgrp,
-        sid=stat.session,
+        pid=ctx.saved_id(pid),
+        ppid=ppid,
+        pgid=pgid,
+        sid=sid,
         exit_signal=stat.exit_signal,
         job_stopped=pid in tree.job_stopped,
     )
@@ -172,6 +188,10 @@ def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord
         rec.signals = signals.dump_signals(pid, main)
         rec.timers = timers.dump_timers(pid, main)
         rec.threads = [thread.dump_thread(pid, task) for task in [main, *others]]
+        for trec in rec.threads:
+            trec.tid = ctx.saved_id(trec.tid)
+        for timer in rec.timers.posix:
+            timer.notify_tid = ctx.saved_id(timer.notify_tid)
         rec.fds = dump_table(ctx, pid)
         main.unmap_scratch()
         # After our scratch area is gone: the saved layout must not include it.

@@ -114,3 +114,22 @@ def parse_status(data: bytes) -> ProcStatus:
         no_new_privs=dec("NoNewPrivs"),
         seccomp=dec("Seccomp"),
     )
+
+
+@dataclass(frozen=True)
+class InnerIds:
+    """A task's ids in its own (innermost) pid namespace; 0 where they lie outside it."""
+
+    pid: int
+    pgid: int
+    sid: int
+
+
+def namespace_ids(data: bytes) -> InnerIds:
+    """The innermost of NSpid, NSpgid and NSsid of /proc/PID[/task/TID]/status."""
+    st = parse_status(data)
+    return InnerIds(
+        pid=st.ns_pid[-1] if st.ns_pid else st.pid,
+        pgid=st.ns_pgid[-1] if st.ns_pgid else 0,
+        sid=st.ns_sid[-1] if st.ns_sid else 0,
+    )

@@ -50,6 +50,12 @@ class DumpContext:
     # Local descriptors we hold on the tree's files while dumping (closed at the end).
     held_fds: list[int] = field(default_factory=list)
     records: list[object] = field(default_factory=list)  # records written after the processes
+    # Host pid/tid -> the id the programs know it by (in their pid namespace);
+    # empty when they share ours.
+    ids: dict[int, int] = field(default_factory=dict)
+
+    def saved_id(self, host_id: int) -> int:
+        return self.ids.get(host_id, host_id)
 
     def next_id(self, kind: str) -> int:
         key = ("next-id", kind)
@@ -73,6 +79,13 @@ class RestoreContext:
     local_fds: dict[Any, int] = field(default_factory=dict)
     # What resource modules remember between processes (pipes made, ...).
     extra: dict[Any, Any] = field(default_factory=dict)
+    # Where the restorer finds the programs' files: "" for our own root, or
+    # /proc/PID/root of a process in the VE (its mounts, as the VE sees them).
+    fs_root: str = ""
+
+    def host_path(self, path: str) -> str:
+        """The path by which the restorer reaches a file the programs name `path`."""
+        return self.fs_root + path
 
     def close(self) -> None:
         for fd in set(self.local_fds.values()):

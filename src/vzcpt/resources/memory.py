@@ -204,13 +204,13 @@ class _MmMap(ctypes.Structure):
     ] + [("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
 
 
-def check_files(mm: MmRecord, pid: int) -> None:
-    """Refuse before anything is built if a mapped file changed size or vanished."""
+def check_files(fs_root: str, mm: MmRecord, pid: int) -> None:
+    """Refuse before anything runs if a mapped file changed size or vanished."""
     for vma in mm.vmas:
         if vma.kind != "file":
             continue
         try:
-            size = os.stat(vma.path).st_size
+            size = os.stat(fs_root + vma.path).st_size
         except OSError as exc:
             raise FileChanged(
                 f"process {pid} maps {vma.path}, which is gone ({exc.strerror}): "

@@ -103,7 +103,7 @@ def _contiguous(vmas: list[Mapping]) -> list[list[Mapping]]:
 def _store(ctx: DumpContext, pid: int, ranges: list[tuple[int, int]], buf: memoryview) -> None:
     offset = 0
     for address, length in ranges:
-        write_nonzero(ctx, pid, address, buf[offset : offset + length])
+        write_nonzero(ctx, ctx.saved_id(pid), address, buf[offset : offset + length])
         offset += length
 
 

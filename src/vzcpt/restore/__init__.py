@@ -39,31 +39,51 @@ from vzcpt.resources.fds import FileDesc
 from vzcpt.resources.fds.regular import check_unchanged
 from vzcpt.resources.fds.table import restore_table
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
-from vzcpt.restore.seed import spawn_seed
+from vzcpt.restore.seed import SeedLauncher, fork_seed, spawn_seed
 from vzcpt.restore.tree import TreeBuilder, check_ids, clone_thread
 from vzcpt.restore.window import choose_window
 
 
-def restore_tree(dumpfile: str, *, leave_stopped: bool = False, stats: Stats | None = None) -> int:
-    """Rebuild the dumped tree; return the root pid once it runs (or is stopped)."""
+def restore_tree(
+    dumpfile: str,
+    *,
+    leave_stopped: bool = False,
+    stats: Stats | None = None,
+    launch_init: SeedLauncher | None = None,
+) -> int:
+    """Rebuild the dumped tree; return the root's host pid once it runs (or is stopped).
+
+    A plain tree is restored into our own namespaces. With `launch_init`
+    (a VE), that launcher starts the VE's pid 1 in the VE's fresh namespaces
+    and root, as the seed; the seed then becomes the saved init itself.
+    """
     stats = stats or Stats()
     started = time.monotonic()
     image = open_dump(dumpfile)
     stats.add_time("read", time.monotonic() - started)
     try:
-        return _restore(image, leave_stopped, stats, started)
+        return _restore(image, leave_stopped, stats, started, launch_init)
     finally:
         image.close()
 
 
-def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float) -> int:
+def _restore(
+    image: DumpImage,
+    leave_stopped: bool,
+    stats: Stats,
+    started: float,
+    launch_init: SeedLauncher | None,
+) -> int:
     headers = image.records_of(DumpHeader)
     if not headers:
         raise VzcptError("the dump file has no header record")
     header = headers[0]
     procs = image.records_of(ProcessRecord)
     files = {f.id: f for f in image.records_of(FileDesc)}
-    _check(header, procs, files)
+    _check_kernel(header)
+    if launch_init is None:
+        check_ids(procs, header.root)  # a VE gets a fresh pid namespace
+        _check_files("", procs, files)
     saved_ranges = [(v.start, v.end) for p in procs if p.mm for v in p.mm.vmas]
     window = choose_window(saved_ranges)
     max_fd = max((e.fd for p in procs for e in p.fds), default=2)
@@ -71,16 +91,19 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # stubs inherit it until restored
     baseline = process.restorer_baseline()
-    seed = spawn_seed(channel_fd, window)
+    seed = spawn_seed(channel_fd, window, launch_init or fork_seed)
     ctx = RestoreContext(
         image=image,
         stats=stats,
         channel=FdChannel(seed.channel, channel_fd),
         stub_specials=seed.specials,
+        fs_root=f"/proc/{seed.task.tid}/root" if launch_init else "",
     )
-    builder = TreeBuilder(seed.task, procs, header.root)
+    builder = TreeBuilder(seed.task, procs, header.root, root_is_seed=launch_init is not None)
     warnings: list[str] = []
     try:
+        if launch_init is not None:
+            _check_files(ctx.fs_root, procs, files)  # reachable once the VE has its root
         stage = time.monotonic()
         tasks = builder.build()
         stats.add_time("tree", time.monotonic() - stage)
@@ -102,34 +125,40 @@ def _restore(image: DumpImage, leave_stopped: bool, stats: Stats, started: float
         seed.kill()
         ctx.close()
         raise
-    seed.kill()
+    if launch_init is None:
+        seed.kill()
+    else:
+        seed.channel.close()  # the seed has become the VE's init
     ctx.close()
     for rec in procs:
         if rec.zombie:
             continue
         if leave_stopped or rec.job_stopped:
-            os.kill(rec.pid, signal.SIGSTOP)  # stays stopped once detached
+            os.kill(threads[rec.pid][0].tid, signal.SIGSTOP)  # stays stopped once detached
         for task in threads[rec.pid]:
             ptrace.detach(task.tid, 0)
     stats.add_time("total", time.monotonic() - started)
     stats.warnings.extend(warnings)
-    return header.root
+    return threads[header.root][0].tid
 
 
-def _check(header: DumpHeader, procs: list[ProcessRecord], files: dict[int, FileDesc]) -> None:
+def _check_kernel(header: DumpHeader) -> None:
     here = vdso_fingerprint()
     if header.vdso != here:
         raise KernelMismatch(
             f"the dump was made on kernel {header.kernel} whose vDSO differs from this one's "
             "(restoring would crash the programs): restore on a host with the same kernel"
         )
-    check_ids(procs, header.root)
+
+
+def _check_files(fs_root: str, procs: list[ProcessRecord], files: dict[int, FileDesc]) -> None:
+    """Every file the programs mapped or held open is as it was at checkpoint."""
     for rec in procs:
         if rec.mm is not None:
-            memory.check_files(rec.mm, rec.pid)
+            memory.check_files(fs_root, rec.mm, rec.pid)
     for desc in files.values():
         if desc.kind == "regular" and not desc.deleted:
-            check_unchanged(desc)
+            check_unchanged(desc, fs_root + desc.path)
 
 
 def _rebuild_process(

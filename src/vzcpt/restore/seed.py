@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vzcpt.errors import VzcptError
@@ -49,22 +50,44 @@ class Seed:
         self.channel.close()
 
 
-def spawn_seed(channel_fd: int, window: tuple[int, int]) -> Seed:
-    """Fork and seize the seed; return it ready to clone stubs from."""
+# Something that starts the seed's process: given the descriptor number
+# and our socket's other end, it arranges for a process to run
+# `become_seed(channel_fd, theirs)` and returns that process's pid.
+SeedLauncher = Callable[[int, socket.socket], int]
+
+
+def become_seed(channel_fd: int, theirs: socket.socket) -> None:
+    """The seed's own code: keep only the channel, block every signal, wait. Never returns."""
+    try:
+        os.dup2(theirs.fileno(), channel_fd, inheritable=True)
+        os.closerange(0, channel_fd)
+        os.closerange(channel_fd + 1, 65536)
+        signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
+        os.chdir("/")
+        while True:
+            os.read(channel_fd, 1)
+    finally:
+        os._exit(1)
+
+
+def fork_seed(channel_fd: int, theirs: socket.socket) -> int:
+    """The seed of a plain tree: a child of ours, in our namespaces."""
+    pid = os.fork()
+    if pid == 0:
+        become_seed(channel_fd, theirs)
+    return pid
+
+
+def spawn_seed(channel_fd: int, window: tuple[int, int], launch: SeedLauncher = fork_seed) -> Seed:
+    """Start and seize the seed; return it ready to clone stubs from."""
     window_start = window[0]
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    pid = os.fork()
-    if pid == 0:  # the seed: no Python beyond this function, ever
-        try:
-            os.dup2(theirs.fileno(), channel_fd, inheritable=True)
-            os.closerange(0, channel_fd)
-            os.closerange(channel_fd + 1, 65536)
-            signal.pthread_sigmask(signal.SIG_BLOCK, range(1, signal.NSIG))
-            os.chdir("/")
-            while True:
-                os.read(channel_fd, 1)
-        finally:
-            os._exit(1)
+    try:
+        pid = launch(channel_fd, theirs)
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise
     theirs.close()
     try:
         options = ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_TRACEVFORK

@@ -76,7 +76,11 @@ def _free_soon(pid: int, patience: float = 3.0) -> bool:
 
 
 def clone_stub(creator: RemoteTask, pid: int, flags: int, exit_signal: int) -> RemoteTask:
-    """Clone a new stopped task with the given pid from `creator`."""
+    """Clone a new stopped task with the given pid from `creator`.
+
+    `pid` is the id in the creator's pid namespace (a VE's own); the task
+    returned is addressed by its id in ours, which ptrace reports.
+    """
     tid_array = creator.put(1024, pid.to_bytes(4, "little", signed=True))
     args = CloneArgs(flags=flags, exit_signal=exit_signal, set_tid=tid_array, set_tid_size=1)
     address = creator.put(0, bytes(args))
@@ -89,10 +93,11 @@ def clone_stub(creator: RemoteTask, pid: int, flags: int, exit_signal: int) -> R
         raise
     if got != pid:
         raise VzcptError(f"clone3 gave pid {got} instead of {pid}")
-    status = ptrace.wait(pid)
+    host_tid = creator.spawned[-1] if creator.spawned else got
+    status = ptrace.wait(host_tid)
     if status.event != ptrace.EVENT_STOP:
         raise VzcptError(f"new task {pid} did not stop (status {status.status:#x})")
-    return RemoteTask(pid, creator.gadget, creator.scratch)
+    return RemoteTask(host_tid, creator.gadget, creator.scratch)
 
 
 def clone_thread(main: RemoteTask, tid: int) -> RemoteTask:
@@ -106,8 +111,11 @@ class TreeBuilder:
     CLONE_PARENT so their parent is still the right one; helpers exit and
     are reaped by their parent before anything runs."""
 
-    def __init__(self, seed: RemoteTask, procs: list[ProcessRecord], root: int) -> None:
+    def __init__(
+        self, seed: RemoteTask, procs: list[ProcessRecord], root: int, root_is_seed: bool = False
+    ) -> None:
         self.seed = seed
+        self.root_is_seed = root_is_seed  # a VE's init: the seed is already its pid 1
         self.procs = {p.pid: p for p in procs}
         self.children: dict[int, list[ProcessRecord]] = {}
         for p in procs:
@@ -116,14 +124,15 @@ class TreeBuilder:
         self.root = root
         self.inherited = inherited_ids(procs, root)
         self.tasks: dict[int, RemoteTask] = {}  # live stubs by pid
-        self.created: list[int] = []  # every pid made, zombies and helpers included
+        self.created: list[int] = []  # host pid of every task made, zombies and helpers too
         self.session_of: dict[int, int] = {}  # the session each stub is in now
         self.helpers: dict[int, tuple[RemoteTask, int]] = {}  # id -> (helper, its parent)
 
     def build(self) -> dict[int, RemoteTask]:
         root = self.procs[self.root]
-        # clone3 takes no exit signal with CLONE_PARENT: the seed's (SIGCHLD) is inherited.
-        task = clone_stub(self.seed, root.pid, CLONE_PARENT, 0)
+        # The root is cloned with CLONE_PARENT (clone3 then takes no exit signal:
+        # the seed's SIGCHLD is inherited), unless the seed is the root itself.
+        task = self.seed if self.root_is_seed else clone_stub(self.seed, root.pid, CLONE_PARENT, 0)
         self.session_of[root.pid] = root.sid if root.sid != root.pid else -1
         self._grow(root, task)
         self._join_groups()
@@ -131,7 +140,7 @@ class TreeBuilder:
         return self.tasks
 
     def _grow(self, rec: ProcessRecord, task: RemoteTask) -> None:
-        self.created.append(rec.pid)
+        self.created.append(task.tid)
         self.tasks[rec.pid] = task
         kids = self.children.get(rec.pid, [])
         if rec.sid == rec.pid:
@@ -161,7 +170,7 @@ class TreeBuilder:
         if rec.zombie:
             if rec.sid == rec.pid:
                 task.call(nr.SETSID, what="setsid")
-            self.created.append(rec.pid)
+            self.created.append(task.tid)
             self.tasks[rec.pid] = task  # dies in become_zombies(), after groups are joined
             return
         self._grow(rec, task)
@@ -177,7 +186,7 @@ class TreeBuilder:
                 )
             return helper
         helper = clone_stub(parent_task, ident, 0, SIGCHLD)
-        self.created.append(ident)
+        self.created.append(helper.tid)
         if found == nr.SETSID:
             helper.call(nr.SETSID, what="setsid in a session helper")
         else:

@@ -59,7 +59,7 @@ class CharDeviceHandler:
         )
 
     def open(self, ctx: RestoreContext, desc: FileDesc) -> int:
-        fd = os.open(desc.path, (desc.flags & ~os.O_CREAT) | os.O_CLOEXEC)
+        fd = os.open(ctx.host_path(desc.path), (desc.flags & ~os.O_CREAT) | os.O_CLOEXEC)
         if os.fstat(fd).st_rdev != desc.rdev:
             os.close(fd)
             raise FileChanged(f"{desc.path} is not the same device as at checkpoint")

@@ -33,7 +33,9 @@ class DirectoryHandler:
 
     def open(self, ctx: RestoreContext, desc: FileDesc) -> int:
         try:
-            fd = os.open(desc.path, (desc.flags & ~os.O_CREAT) | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(
+                ctx.host_path(desc.path), (desc.flags & ~os.O_CREAT) | os.O_DIRECTORY | os.O_CLOEXEC
+            )
         except OSError as exc:
             raise FileChanged(f"directory {desc.path} cannot be opened: {exc.strerror}") from exc
         if desc.pos:

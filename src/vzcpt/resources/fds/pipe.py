@@ -106,9 +106,13 @@ class FifoHandler:
         key = ("fifo-keeper", desc.pipe_id)
         if key not in ctx.local_fds:
             # Holding it read-write ourselves lets any end open without blocking.
-            ctx.local_fds[key] = os.open(desc.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            ctx.local_fds[key] = os.open(
+                ctx.host_path(desc.path), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
+            )
         _fill(ctx, desc, ctx.local_fds[key])
-        fd = os.open(desc.path, (desc.flags & ~os.O_CREAT) | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(
+            ctx.host_path(desc.path), (desc.flags & ~os.O_CREAT) | os.O_NONBLOCK | os.O_CLOEXEC
+        )
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
         return fd
 

@@ -52,11 +52,12 @@ class RegularHandler:
 
     def open(self, ctx: RestoreContext, desc: FileDesc) -> int:
         flags = desc.flags & ~OPEN_ONLY_FLAGS
+        path = ctx.host_path(desc.path)
         if desc.deleted:
-            fd = _recreate_unlinked(desc, flags)
+            fd = _recreate_unlinked(desc, flags, path)
         else:
-            check_unchanged(desc)
-            fd = os.open(desc.path, flags | os.O_CLOEXEC)
+            check_unchanged(desc, path)
+            fd = os.open(path, flags | os.O_CLOEXEC)
         os.lseek(fd, desc.pos, os.SEEK_SET)
         return fd
 
@@ -73,9 +74,10 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def check_unchanged(desc: FileDesc) -> None:
+def check_unchanged(desc: FileDesc, path: str) -> None:
+    """Refuse a file that vanished or changed size; `path` is how we reach desc.path."""
     try:
-        size = os.stat(desc.path).st_size
+        size = os.stat(path).st_size
     except OSError as exc:
         raise FileChanged(
             f"{desc.path} is gone ({exc.strerror}); the restored program had it "
@@ -87,10 +89,10 @@ def check_unchanged(desc: FileDesc) -> None:
         )
 
 
-def _recreate_unlinked(desc: FileDesc, flags: int) -> int:
+def _recreate_unlinked(desc: FileDesc, flags: int, path: str) -> int:
     """Bring an unlinked file back: create it, fill it, open it, unlink it again."""
-    directory, name = os.path.split(desc.path)
-    candidate = desc.path
+    directory, name = os.path.split(path)
+    candidate = path
     n = 0
     while os.path.lexists(candidate):
         n += 1
