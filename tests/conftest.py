@@ -11,3 +11,6 @@ def _must_be_root() -> None:
     # need root; without it every test would fail for the same reason.
     if os.geteuid() != 0:
         pytest.skip("vzcpt tests need root: run scripts/test as root")
+
+
+from vehost import host  # noqa: E402,F401  the VE fixture, for every test module

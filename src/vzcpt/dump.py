@@ -46,6 +46,7 @@ def dump_tree(
     compress: bool = False,
     stats: Stats | None = None,
     own_pid_namespace: bool = False,
+    extra_records: list[object] | None = None,
 ) -> Stats:
     """Save the tree rooted at `root` into `dumpfile` ("-" for standard output)."""
     stats = stats or Stats()
@@ -58,7 +59,7 @@ def dump_tree(
         out = create_dumpfile(dumpfile)
         collect_started = time.monotonic()
         with _BackgroundSync(out if dumpfile != "-" else None):
-            _write_dump(tree, out, compress, stats, own_pid_namespace)
+            _write_dump(tree, out, compress, stats, own_pid_namespace, extra_records or [])
         stats.add_time("dump", time.monotonic() - collect_started)
         if leave == "running":
             # Everything is captured: a tree that runs on needn't wait for the disk.
@@ -124,7 +125,12 @@ def _sync_and_verify(out: BinaryIO, dumpfile: str, stats: Stats) -> None:
 
 
 def _write_dump(
-    tree: FrozenTree, out: BinaryIO, compress: bool, stats: Stats, own_pid_namespace: bool
+    tree: FrozenTree,
+    out: BinaryIO,
+    compress: bool,
+    stats: Stats,
+    own_pid_namespace: bool,
+    extra_records: list[object],
 ) -> None:
     writer = DumpWriter(out, compress=compress)
     ctx = DumpContext(writer=writer, stats=stats)
@@ -143,7 +149,7 @@ def _write_dump(
                 kernel=platform.release(),
                 vdso=vdso_fingerprint(),
                 created=time.time(),
-                root=tree.root,
+                root=ctx.saved_id(tree.root),
                 hostname=platform.node(),
                 processes=len(tree.pids),
             )
@@ -151,7 +157,7 @@ def _write_dump(
         for pid in tree.pids:
             writer.write_record(_dump_process(ctx, tree, pid))
             stats.processes += 1
-        for rec in ctx.records:
+        for rec in [*ctx.records, *extra_records]:
             writer.write_record(rec)
         writer.close()
     finally:

@@ -1,8 +1,5 @@
-"""`vzctl`: OpenVZ's command for VEs — create, start, stop, exec, enter, set, list, destroy.
-
-Checkpoint and restore of whole VEs (`vzctl chkpnt`, `vzctl restore`) are
-being built on the engine; until then they answer that they are not
-implemented yet.
+"""`vzctl`: OpenVZ's command for VEs — create, start, stop, exec, enter, set, list,
+destroy, and checkpoint/restore of whole VEs (chkpnt, restore).
 """
 
 from __future__ import annotations
@@ -10,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vzcpt.cli.common import run
+from vzcpt.cli.common import print_stats, run
+from vzcpt.resources.context import Stats
 from vzcpt.ve.config import parse_size
 from vzcpt.ve.lifecycle import VE, list_ves
 from vzcpt.ve.paths import validate_veid
@@ -55,10 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     set_.add_argument("--numproc", metavar="[BARRIER:]LIMIT")
     set_.add_argument("--save", action="store_true", help="keep the change in the config")
 
-    for name in ("chkpnt", "restore"):
-        p = sub.add_parser(name, help=f"{name} a whole VE (not implemented yet)")
-        p.add_argument("veid")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    chkpnt = sub.add_parser("chkpnt", help="checkpoint a VE: suspend, dump, kill")
+    chkpnt.add_argument("veid")
+    chkpnt.add_argument("--dumpfile", help="default: /vz/dump/Dump.VEID")
+    chkpnt.add_argument("--stats", action="store_true")
+    for stage in ("suspend", "dump", "kill", "resume"):
+        chkpnt.add_argument(
+            f"--{stage}", action="store_true", help="one stage only (not implemented yet)"
+        )
+    restore = sub.add_parser("restore", help="restore a VE from its dump: undump, resume")
+    restore.add_argument("veid")
+    restore.add_argument("--dumpfile", help="default: the VE's last dump")
+    restore.add_argument("--stats", action="store_true")
+    for stage in ("undump", "resume", "kill"):
+        restore.add_argument(
+            f"--{stage}", action="store_true", help="one stage only (not implemented yet)"
+        )
     return parser
 
 
@@ -118,12 +128,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(f"VE {ve.veid}: settings applied{' and saved' if args.save else ''}")
     elif args.command in ("chkpnt", "restore"):
-        print(
-            f"vzctl: {args.command} of whole VEs is not implemented yet "
-            "(use vzcpt dump/restore for process trees)",
-            file=sys.stderr,
-        )
-        return 2
+        stages = [
+            n for n in ("suspend", "dump", "kill", "resume", "undump") if getattr(args, n, False)
+        ]
+        if stages:
+            print(
+                f"vzctl: {args.command} --{stages[0]} (a single stage) is not implemented yet; "
+                f"vzctl {args.command} VEID does all stages",
+                file=sys.stderr,
+            )
+            return 2
+        stats = Stats()
+        if args.command == "chkpnt":
+            print(f"Setting up checkpoint of VE {ve.veid}...")
+            path = ve.chkpnt(args.dumpfile, stats)
+            print(f"Checkpointing completed successfully: {path}")
+        else:
+            print(f"Restoring VE {ve.veid} ...")
+            pid = ve.restore(args.dumpfile, stats)
+            print(f"Restoring completed successfully (init is pid {pid} on the host)")
+        if args.stats:
+            print_stats(stats)
     return 0
 
 

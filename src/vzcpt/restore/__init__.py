@@ -27,7 +27,7 @@ import resource
 import signal
 import time
 
-from vzcpt.errors import KernelMismatch, VzcptError
+from vzcpt.errors import CorruptDump, KernelMismatch, VzcptError
 from vzcpt.image.stream import DumpImage, open_dump
 from vzcpt.inject.fdpass import FdChannel
 from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask
@@ -80,6 +80,8 @@ def _restore(
     header = headers[0]
     procs = image.records_of(ProcessRecord)
     files = {f.id: f for f in image.records_of(FileDesc)}
+    if not any(p.pid == header.root for p in procs):
+        raise CorruptDump(f"the dump has no record of its root process {header.root}")
     _check_kernel(header)
     if launch_init is None:
         check_ids(procs, header.root)  # a VE gets a fresh pid namespace

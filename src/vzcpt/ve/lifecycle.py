@@ -27,7 +27,8 @@ from vzcpt.errors import VzcptError
 from vzcpt.kernel import mounts
 from vzcpt.proc import files as procfs
 from vzcpt.proc.stat import parse_stat
-from vzcpt.ve import init, net, rootfs, templates
+from vzcpt.resources.context import Stats
+from vzcpt.ve import checkpoint, init, net, rootfs, templates
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig, load_global, load_ve
 from vzcpt.ve.paths import Paths
@@ -178,6 +179,51 @@ class VE:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.paths.ve_conf(self.veid))
             commit_transition(self.paths, rec, "destroy")
+
+    # --- checkpoint and restore ------------------------------------------------
+
+    def chkpnt(self, dumpfile: str | None = None, stats: Stats | None = None) -> str:
+        """Suspend, dump and kill the VE (vzctl chkpnt); return the dump file's path."""
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("chkpnt", rec.state, self.veid)
+            assert rec.init_pid is not None
+            path = dumpfile or str(self.paths.default_dumpfile(self.veid))
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            checkpoint.checkpoint(self.veid, rec.init_pid, self.config(), path, stats or Stats())
+            self._cleanup_after_init()
+            rec.dumpfile = path
+            commit_transition(self.paths, rec, "chkpnt")
+            return path
+
+    def restore(self, dumpfile: str | None = None, stats: Stats | None = None) -> int:
+        """Undump and resume the VE (vzctl restore); return its init's host pid."""
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("restore", rec.state, self.veid)
+            path = dumpfile or rec.dumpfile or str(self.paths.default_dumpfile(self.veid))
+            ve = checkpoint.read_ve_record(path, self.veid)
+            cfg = self.config()
+            root = rootfs.mount_root(self.paths, self.veid)
+            cgroups = VeCgroups(self.veid)
+            try:
+                cgroups.create()
+                cgroups.set_limits(
+                    ram_bytes=cfg.ram_bytes,
+                    swap_bytes=cfg.swap_bytes,
+                    cpus=cfg.cpus,
+                    numproc=cfg.numproc,
+                )
+                init_pid = checkpoint.restore(
+                    self.veid, root, cgroups, ve, cfg, path, stats or Stats()
+                )
+            except BaseException:
+                self._cleanup_after_init()
+                raise
+            rec.init_pid = init_pid
+            rec.extra["init_start"] = str(parse_stat(procfs.read(init_pid, "stat")).starttime)
+            commit_transition(self.paths, rec, "restore")
+            return init_pid
 
     # --- inside --------------------------------------------------------------
 

@@ -1,0 +1,162 @@
+"""Checkpoint and restore of a whole VE: the engine, plus what makes a VE a VE.
+
+chkpnt: the VE's network is locked (no packet in or out, no reset sent),
+its process tree — rooted at its init — is dumped with the ids its programs
+know, together with a `VeRecord` (its config and network), and killed once
+the dump is safe on disk; then its network, cgroups and root are taken down.
+A failed dump unlocks the network and leaves the VE running.
+
+restore: the VE's root is mounted and its cgroups made as at start; a
+launcher unshares the VE's namespaces and makes the seed of the restore its
+pid 1, inside the VE's root with its hostname; the host gives it its veth,
+locked; the engine turns the seed into the saved init and rebuilds every
+process under it; then the network is unlocked. A failed restore removes
+everything it built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+
+from vzcpt.dump import dump_tree
+from vzcpt.errors import VzcptError
+from vzcpt.image.schema import record
+from vzcpt.image.stream import open_dump
+from vzcpt.kernel import mounts
+from vzcpt.resources.context import Stats
+from vzcpt.restore import restore_tree
+from vzcpt.restore.seed import become_seed
+from vzcpt.ve import net, rootfs
+from vzcpt.ve.cgroups import VeCgroups
+from vzcpt.ve.config import VeConfig
+
+NAMESPACES = (
+    mounts.CLONE_NEWNS
+    | mounts.CLONE_NEWUTS
+    | mounts.CLONE_NEWIPC
+    | mounts.CLONE_NEWNET
+    | mounts.CLONE_NEWPID
+    | mounts.CLONE_NEWCGROUP
+)
+
+
+@record("ve")
+@dataclass
+class VeRecord:
+    """What the dump of a VE holds besides its processes."""
+
+    veid: int
+    config: str  # the VE's config file as it was
+    hostname: str
+    network: list[net.Iface]
+
+
+def checkpoint(veid: int, init_pid: int, cfg: VeConfig, dumpfile: str, stats: Stats) -> None:
+    """Dump the VE's tree and kill it; on failure the VE runs on, network unlocked."""
+    ve = VeRecord(
+        veid=veid,
+        config=cfg.dumps(),
+        hostname=cfg.hostname or f"ve{veid}",
+        network=net.read_network(init_pid),
+    )
+    net.lock_network(veid)
+    try:
+        dump_tree(
+            init_pid,
+            dumpfile,
+            leave="kill",
+            own_pid_namespace=True,
+            extra_records=[ve],
+            stats=stats,
+        )
+    except BaseException:
+        net.unlock_network(veid)
+        raise
+
+
+def read_ve_record(dumpfile: str, veid: int) -> VeRecord:
+    """The VE part of a dump, checked to be a VE's (and this VE's)."""
+    with open_dump(dumpfile) as image:
+        found = image.records_of(VeRecord)
+    if not found:
+        raise VzcptError(
+            f"{dumpfile} is the dump of a process tree, not of a VE: restore it with vzcpt restore"
+        )
+    if found[0].veid != veid:
+        raise VzcptError(f"{dumpfile} is the dump of VE {found[0].veid}, not of VE {veid}")
+    return found[0]
+
+
+def restore(
+    veid: int,
+    root: str,
+    cgroups: VeCgroups,
+    ve: VeRecord,
+    cfg: VeConfig,
+    dumpfile: str,
+    stats: Stats,
+    leave_stopped: bool = False,
+) -> int:
+    """Rebuild the VE under `root` (mounted) and `cgroups` (made); return its init's host pid."""
+    hostname = cfg.hostname or ve.hostname
+
+    def launch_init(channel_fd: int, theirs: socket.socket) -> int:
+        pid = _launch_seed(root, hostname, cgroups, channel_fd, theirs)
+        net.setup_network(veid, pid, cfg.ip_addresses, hostname, locked=True)
+        return pid
+
+    try:
+        init_pid = restore_tree(
+            dumpfile, leave_stopped=leave_stopped, stats=stats, launch_init=launch_init
+        )
+    except BaseException:
+        net.teardown_network(veid)
+        raise
+    net.unlock_network(veid)
+    return init_pid
+
+
+def _launch_seed(
+    root: str, hostname: str, cgroups: VeCgroups, channel_fd: int, theirs: socket.socket
+) -> int:
+    """Start pid 1 of a fresh VE, in its root, as the seed of the restore."""
+    read_end, write_end = os.pipe()
+    launcher = os.fork()
+    if launcher == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.setsid()
+            cgroups.add(os.getpid())
+            mounts.unshare(NAMESPACES)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(write_end)
+                    socket.sethostname(hostname)
+                    rootfs.enter_root(root)
+                    become_seed(channel_fd, theirs)
+                finally:
+                    os._exit(127)
+            os.write(write_end, f"{pid}\n".encode())
+            code = 0
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(write_end, f"error {exc}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        answer = b""
+        while chunk := os.read(read_end, 4096):
+            answer += chunk
+    finally:
+        os.close(read_end)
+        os.waitpid(launcher, 0)
+    text = answer.decode(errors="replace").strip()
+    if not text.isdigit():
+        raise VzcptError(f"the VE could not be prepared for restore: {text or 'no answer'}")
+    return int(text)
