@@ -96,3 +96,48 @@ def test_restore_needs_a_ve_dump(host: Host, tmp_path: Path) -> None:
     result = host.vzctl("restore", veid, "--dumpfile", tmp_path / "none.img", check=False)
     assert result.returncode != 0 and result.stderr.count("\n") == 1
     assert host.vzctl("status", veid).stdout.split()[3:] == ["unmounted", "stopped"]
+
+
+def test_every_stage_on_its_own(host: Host) -> None:
+    """suspend, dump, resume; suspend, dump, kill; undump, resume — each its own vzctl."""
+    veid = host.new_veid()
+    host.vzctl("create", veid, "--ipadd", address(veid))
+    host.vzctl("start", veid)
+    log = start_counter(host, veid)
+
+    def state() -> str:
+        return host.vzctl("status", veid).stdout.split()[4]
+
+    def holds_still() -> int:
+        count = last_count(log)
+        time.sleep(0.8)
+        assert last_count(log) == count, "the VE ran while it should be frozen"
+        return count
+
+    host.vzctl("chkpnt", veid, "--suspend")
+    assert state() == "suspended" and net.is_network_locked(veid)
+    holds_still()
+    host.vzctl("chkpnt", veid, "--dump", "--dumpfile", host.root / "one.img")
+    assert state() == "dumped"
+    holds_still()
+    host.vzctl("chkpnt", veid, "--resume")
+    assert state() == "running" and not net.is_network_locked(veid)
+    count = last_count(log)
+    time.sleep(1)
+    assert last_count(log) > count
+
+    host.vzctl("chkpnt", veid, "--suspend")
+    host.vzctl("chkpnt", veid, "--dump", "--dumpfile", host.root / "two.img")
+    at_dump = holds_still()
+    for illegal in (("restore", veid), ("start", veid), ("chkpnt", veid, "--suspend")):
+        result = host.vzctl(*illegal, check=False)
+        assert result.returncode != 0 and "dumped" in result.stderr, result.stderr
+    host.vzctl("chkpnt", veid, "--kill")
+    assert state() == "stopped"
+    host.vzctl("restore", veid, "--undump", "--dumpfile", host.root / "two.img")
+    assert state() == "restored-frozen" and net.is_network_locked(veid)
+    assert holds_still() == at_dump
+    host.vzctl("restore", veid, "--resume")
+    assert state() == "running"
+    time.sleep(1)
+    assert last_count(log) > at_dump

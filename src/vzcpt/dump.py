@@ -22,7 +22,7 @@ from typing import BinaryIO, Literal
 
 from vzcpt import __version__
 from vzcpt.image.stream import DumpWriter, create_dumpfile, open_dump
-from vzcpt.inject.freeze import FrozenTree, freeze_tree
+from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import vm
 from vzcpt.kernel.probes import vdso_fingerprint
@@ -47,11 +47,24 @@ def dump_tree(
     stats: Stats | None = None,
     own_pid_namespace: bool = False,
     extra_records: list[object] | None = None,
+    held_by: Freezer | None = None,
 ) -> Stats:
-    """Save the tree rooted at `root` into `dumpfile` ("-" for standard output)."""
+    """Save the tree rooted at `root` into `dumpfile` ("-" for standard output).
+
+    With `held_by`, the tree is frozen by that cgroup freezer (a suspended
+    VE): it is seized as it is, and if it is not killed it is left frozen
+    again, whatever happens.
+    """
     stats = stats or Stats()
     started = time.monotonic()
-    tree = freeze_tree(root)
+    tree = freeze_tree(root, held_by)
+
+    def let_go() -> None:
+        if held_by is not None:
+            tree.leave_frozen(held_by)
+        else:
+            tree.resume()
+
     stats.add_time("freeze", time.monotonic() - started)
     out: BinaryIO | None = None
     resumed = False
@@ -63,14 +76,14 @@ def dump_tree(
         stats.add_time("dump", time.monotonic() - collect_started)
         if leave == "running":
             # Everything is captured: a tree that runs on needn't wait for the disk.
-            tree.resume()
+            let_go()
             resumed = True
             stats.add_time("frozen", time.monotonic() - tree.frozen_at)
         if dumpfile != "-":
             _sync_and_verify(out, dumpfile, stats)
     except BaseException:
         if not resumed:
-            tree.resume()
+            let_go()
         if out is not None and dumpfile != "-":
             out.close()
             os.unlink(dumpfile)

@@ -127,28 +127,53 @@ def _dispatch(args: argparse.Namespace) -> int:
             save=args.save,
         )
         print(f"VE {ve.veid}: settings applied{' and saved' if args.save else ''}")
-    elif args.command in ("chkpnt", "restore"):
-        stages = [
-            n for n in ("suspend", "dump", "kill", "resume", "undump") if getattr(args, n, False)
-        ]
-        if stages:
-            print(
-                f"vzctl: {args.command} --{stages[0]} (a single stage) is not implemented yet; "
-                f"vzctl {args.command} VEID does all stages",
-                file=sys.stderr,
-            )
-            return 2
-        stats = Stats()
-        if args.command == "chkpnt":
-            print(f"Setting up checkpoint of VE {ve.veid}...")
-            path = ve.chkpnt(args.dumpfile, stats)
-            print(f"Checkpointing completed successfully: {path}")
+    elif args.command == "chkpnt":
+        return _chkpnt(ve, args)
+    elif args.command == "restore":
+        return _restore(ve, args)
+    return 0
+
+
+def _chkpnt(ve: VE, args: argparse.Namespace) -> int:
+    stats = Stats()
+    if args.suspend:
+        ve.suspend()
+        print(f"VE {ve.veid} suspended: processes frozen, network locked")
+    elif args.dump:
+        path = ve.dump(args.dumpfile, stats)
+        print(f"VE {ve.veid} dumped to {path}; it stays suspended")
+    elif args.kill:
+        ve.kill()
+        print(f"VE {ve.veid} killed")
+    elif args.resume:
+        ve.resume()
+        print(f"VE {ve.veid} resumed")
+    else:
+        print(f"Setting up checkpoint of VE {ve.veid}...")
+        path = ve.chkpnt(args.dumpfile, stats)
+        print(f"Checkpointing completed successfully: {path}")
+    if args.stats:
+        print_stats(stats)
+    return 0
+
+
+def _restore(ve: VE, args: argparse.Namespace) -> int:
+    stats = Stats()
+    if args.resume:
+        ve.resume()
+        print(f"VE {ve.veid} resumed")
+    elif args.kill:
+        ve.kill()
+        print(f"VE {ve.veid} killed")
+    else:
+        print(f"Restoring VE {ve.veid} ...")
+        pid = ve.restore(args.dumpfile, stats, frozen=args.undump)
+        if args.undump:
+            print(f"VE {ve.veid} undumped: processes rebuilt and frozen, network locked")
         else:
-            print(f"Restoring VE {ve.veid} ...")
-            pid = ve.restore(args.dumpfile, stats)
             print(f"Restoring completed successfully (init is pid {pid} on the host)")
-        if args.stats:
-            print_stats(stats)
+    if args.stats:
+        print_stats(stats)
     return 0
 
 

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from vzcpt.errors import ProcessGone, VzcptError
 from vzcpt.kernel import ptrace
@@ -40,6 +41,11 @@ class FrozenTree:
         for tid in self.all_tids():
             _detach_quietly(tid, 0)
 
+    def leave_frozen(self, freezer: Freezer) -> None:
+        """Detach into the cgroup freezer: frozen again before any task may run."""
+        freezer.freeze()  # counts our ptrace-stopped tasks as frozen
+        self.resume()
+
     def leave_stopped(self) -> None:
         """Detach, leaving every process stopped as by SIGSTOP."""
         for pid in self.pids:
@@ -54,10 +60,25 @@ class FrozenTree:
         reap_tracees(self.all_tids())
 
 
-def freeze_tree(root: int) -> FrozenTree:
-    """Seize and stop every thread of the tree rooted at `root`."""
+class Freezer(Protocol):
+    """A cgroup freezer holding a whole tree (a VE's)."""
+
+    def freeze(self) -> None: ...
+
+    def thaw(self) -> None: ...
+
+
+def freeze_tree(root: int, held_by: Freezer | None = None) -> FrozenTree:
+    """Seize and stop every thread of the tree rooted at `root`.
+
+    With `held_by`, the tree is already frozen by that cgroup freezer, so it
+    cannot change: every thread is seized and interrupted while frozen, then
+    the cgroup is thawed, and each thread traps into its ptrace stop before
+    it runs a single instruction of its own.
+    """
     tree = FrozenTree(root)
     seized: set[int] = set()
+    stop = _seize_and_stop if held_by is None else _seize_and_interrupt
     try:
         while True:
             new = 0
@@ -79,12 +100,16 @@ def freeze_tree(root: int) -> FrozenTree:
                 for tid in procfs.tids(pid):
                     if tid in seized:
                         continue
-                    _seize_and_stop(tid)
+                    stop(tid)
                     seized.add(tid)
                     tree.threads.setdefault(pid, []).append(tid)
                     new += 1
-            if new == 0:
+            if new == 0 or held_by is not None:
                 break
+        if held_by is not None:
+            held_by.thaw()
+            for tid in sorted(seized):
+                _wait_for_stop(tid)
     except ProcessGone as exc:
         if root not in seized:
             for tid in seized:
@@ -109,8 +134,16 @@ def procfs_order(root: int, pids: list[int]) -> list[int]:
 
 
 def _seize_and_stop(tid: int) -> None:
+    _seize_and_interrupt(tid)
+    _wait_for_stop(tid)
+
+
+def _seize_and_interrupt(tid: int) -> None:
     ptrace.seize(tid)
     ptrace.interrupt(tid)
+
+
+def _wait_for_stop(tid: int) -> None:
     while True:
         status = ptrace.wait(tid)
         if status.exited:

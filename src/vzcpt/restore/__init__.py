@@ -30,6 +30,7 @@ import time
 from vzcpt.errors import CorruptDump, KernelMismatch, VzcptError
 from vzcpt.image.stream import DumpImage, open_dump
 from vzcpt.inject.fdpass import FdChannel
+from vzcpt.inject.freeze import Freezer
 from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask
 from vzcpt.kernel import nr, ptrace
 from vzcpt.kernel.probes import vdso_fingerprint
@@ -50,19 +51,21 @@ def restore_tree(
     leave_stopped: bool = False,
     stats: Stats | None = None,
     launch_init: SeedLauncher | None = None,
+    hold: Freezer | None = None,
 ) -> int:
     """Rebuild the dumped tree; return the root's host pid once it runs (or is stopped).
 
     A plain tree is restored into our own namespaces. With `launch_init`
     (a VE), that launcher starts the VE's pid 1 in the VE's fresh namespaces
-    and root, as the seed; the seed then becomes the saved init itself.
+    and root, as the seed; the seed then becomes the saved init itself. With
+    `hold` (the VE's cgroup freezer), the rebuilt tree is left frozen there.
     """
     stats = stats or Stats()
     started = time.monotonic()
     image = open_dump(dumpfile)
     stats.add_time("read", time.monotonic() - started)
     try:
-        return _restore(image, leave_stopped, stats, started, launch_init)
+        return _restore(image, leave_stopped, stats, started, launch_init, hold)
     finally:
         image.close()
 
@@ -73,6 +76,7 @@ def _restore(
     stats: Stats,
     started: float,
     launch_init: SeedLauncher | None,
+    hold: Freezer | None,
 ) -> int:
     headers = image.records_of(DumpHeader)
     if not headers:
@@ -132,6 +136,8 @@ def _restore(
     else:
         seed.channel.close()  # the seed has become the VE's init
     ctx.close()
+    if hold is not None:
+        hold.freeze()  # our stopped tasks count as frozen: detached, they stay so
     for rec in procs:
         if rec.zombie:
             continue

@@ -54,14 +54,33 @@ class VeRecord:
     network: list[net.Iface]
 
 
-def checkpoint(veid: int, init_pid: int, cfg: VeConfig, dumpfile: str, stats: Stats) -> None:
-    """Dump the VE's tree and kill it; on failure the VE runs on, network unlocked."""
-    ve = VeRecord(
+def ve_record(veid: int, init_pid: int, cfg: VeConfig) -> VeRecord:
+    return VeRecord(
         veid=veid,
         config=cfg.dumps(),
         hostname=cfg.hostname or f"ve{veid}",
         network=net.read_network(init_pid),
     )
+
+
+def dump_suspended(
+    veid: int, init_pid: int, cfg: VeConfig, cgroups: VeCgroups, dumpfile: str, stats: Stats
+) -> None:
+    """chkpnt --dump: dump a suspended VE, which stays suspended (frozen, network locked)."""
+    dump_tree(
+        init_pid,
+        dumpfile,
+        leave="running",
+        own_pid_namespace=True,
+        extra_records=[ve_record(veid, init_pid, cfg)],
+        stats=stats,
+        held_by=cgroups,
+    )
+
+
+def checkpoint(veid: int, init_pid: int, cfg: VeConfig, dumpfile: str, stats: Stats) -> None:
+    """Dump the VE's tree and kill it; on failure the VE runs on, network unlocked."""
+    ve = ve_record(veid, init_pid, cfg)
     net.lock_network(veid)
     try:
         dump_tree(
@@ -98,9 +117,12 @@ def restore(
     cfg: VeConfig,
     dumpfile: str,
     stats: Stats,
-    leave_stopped: bool = False,
+    frozen: bool = False,
 ) -> int:
-    """Rebuild the VE under `root` (mounted) and `cgroups` (made); return its init's host pid."""
+    """Rebuild the VE under `root` (mounted) and `cgroups` (made); return its init's host pid.
+
+    With `frozen` (restore --undump) it is left frozen with its network locked.
+    """
     hostname = cfg.hostname or ve.hostname
 
     def launch_init(channel_fd: int, theirs: socket.socket) -> int:
@@ -110,12 +132,13 @@ def restore(
 
     try:
         init_pid = restore_tree(
-            dumpfile, leave_stopped=leave_stopped, stats=stats, launch_init=launch_init
+            dumpfile, stats=stats, launch_init=launch_init, hold=cgroups if frozen else None
         )
     except BaseException:
         net.teardown_network(veid)
         raise
-    net.unlock_network(veid)
+    if not frozen:
+        net.unlock_network(veid)
     return init_pid
 
 

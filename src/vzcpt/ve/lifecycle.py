@@ -78,7 +78,7 @@ class VE:
     def state(self) -> StateRecord:
         """The recorded state, corrected if the VE's init died behind our back."""
         rec = load_state(self.paths, self.veid)
-        if rec.state == VeState.RUNNING and not self._init_alive(rec):
+        if rec.state.has_processes and not self._init_alive(rec):
             self._cleanup_after_init()
             rec = commit_transition(self.paths, rec, "stop")
         return rec
@@ -196,11 +196,15 @@ class VE:
             commit_transition(self.paths, rec, "chkpnt")
             return path
 
-    def restore(self, dumpfile: str | None = None, stats: Stats | None = None) -> int:
-        """Undump and resume the VE (vzctl restore); return its init's host pid."""
+    def restore(
+        self, dumpfile: str | None = None, stats: Stats | None = None, *, frozen: bool = False
+    ) -> int:
+        """Undump and resume the VE (vzctl restore); with `frozen` (restore --undump)
+        leave it frozen, network locked. Return its init's host pid."""
+        op = "undump" if frozen else "restore"
         with VeLock(self.paths, self.veid):
             rec = self.state()
-            check_transition("restore", rec.state, self.veid)
+            check_transition(op, rec.state, self.veid)
             path = dumpfile or rec.dumpfile or str(self.paths.default_dumpfile(self.veid))
             ve = checkpoint.read_ve_record(path, self.veid)
             cfg = self.config()
@@ -215,15 +219,69 @@ class VE:
                     numproc=cfg.numproc,
                 )
                 init_pid = checkpoint.restore(
-                    self.veid, root, cgroups, ve, cfg, path, stats or Stats()
+                    self.veid, root, cgroups, ve, cfg, path, stats or Stats(), frozen=frozen
                 )
             except BaseException:
                 self._cleanup_after_init()
                 raise
             rec.init_pid = init_pid
+            rec.dumpfile = path
             rec.extra["init_start"] = str(parse_stat(procfs.read(init_pid, "stat")).starttime)
-            commit_transition(self.paths, rec, "restore")
+            commit_transition(self.paths, rec, op)
             return init_pid
+
+    # --- the stages of chkpnt and restore, each its own command ------------------
+
+    def suspend(self) -> None:
+        """chkpnt --suspend: freeze every process and lock the network."""
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("suspend", rec.state, self.veid)
+            net.lock_network(self.veid)
+            try:
+                VeCgroups(self.veid).freeze()
+            except BaseException:
+                net.unlock_network(self.veid)
+                raise
+            commit_transition(self.paths, rec, "suspend")
+
+    def dump(self, dumpfile: str | None = None, stats: Stats | None = None) -> str:
+        """chkpnt --dump: save a suspended VE; it stays suspended."""
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("dump", rec.state, self.veid)
+            assert rec.init_pid is not None
+            path = dumpfile or str(self.paths.default_dumpfile(self.veid))
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            checkpoint.dump_suspended(
+                self.veid,
+                rec.init_pid,
+                self.config(),
+                VeCgroups(self.veid),
+                path,
+                stats or Stats(),
+            )
+            rec.dumpfile = path
+            commit_transition(self.paths, rec, "dump")
+            return path
+
+    def kill(self) -> None:
+        """chkpnt --kill (after a dump) or restore --kill (after an undump)."""
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            op = "restore-kill" if rec.state == VeState.RESTORED_FROZEN else "kill"
+            check_transition(op, rec.state, self.veid)
+            self._cleanup_after_init()
+            commit_transition(self.paths, rec, op)
+
+    def resume(self) -> None:
+        """chkpnt --resume / restore --resume: thaw and unlock the network."""
+        with VeLock(self.paths, self.veid):
+            rec = self.state()
+            check_transition("resume", rec.state, self.veid)
+            VeCgroups(self.veid).thaw()
+            net.unlock_network(self.veid)
+            commit_transition(self.paths, rec, "resume")
 
     # --- inside --------------------------------------------------------------
 
