@@ -141,3 +141,32 @@ def test_every_stage_on_its_own(host: Host) -> None:
     assert state() == "running"
     time.sleep(1)
     assert last_count(log) > at_dump
+
+
+def test_restore_on_a_second_host(host: Host, tmp_path: Path) -> None:
+    """Checkpoint on one "host", copy the private area, config and dump, restore on another."""
+    veid = host.new_veid()
+    host.vzctl("create", veid, "--ipadd", address(veid))
+    host.vzctl("start", veid)
+    log = start_counter(host, veid)
+    host.vzctl("chkpnt", veid)
+    at_dump = last_count(log)
+    other = Host(tmp_path / "second")
+    other.veids.append(veid)
+    try:
+        for part in (host.paths.private(veid), host.paths.ve_conf(veid)):
+            target = other.paths.host(str(part).removeprefix(str(host.root)))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if part.is_dir():
+                shutil.copytree(part, target, symlinks=True)
+            else:
+                shutil.copy2(part, target)
+        dump = other.root / "migrated.img"
+        shutil.copy2(host.paths.default_dumpfile(veid), dump)
+        other.vzctl("restore", veid, "--dumpfile", dump)
+        moved_log = other.paths.private(veid) / "root" / "counter.log"
+        time.sleep(1.5)
+        assert last_count(moved_log) > at_dump
+        assert last_count(log) == at_dump  # the first host's copy stays stopped
+    finally:
+        other.cleanup()
