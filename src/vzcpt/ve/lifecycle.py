@@ -301,7 +301,7 @@ class VE:
             "--pid",
             "--cgroup",
             "--root",
-            "--wd=/",
+            "--wd",  # the target's cwd, "/" of the VE (a path here would be the host's)
             "--",
             "/usr/bin/env",
             "-i",
