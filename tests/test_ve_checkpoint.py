@@ -43,6 +43,9 @@ def test_chkpnt_and_restore_a_ve(host: Host) -> None:
     host.vzctl("create", veid, "--hostname", "cpt", "--ipadd", address(veid))
     host.vzctl("start", veid)
     log = start_counter(host, veid)
+    host.vzctl(
+        "exec", veid, "mkdir /dev/shm/d && echo kept > /dev/shm/d/note && chmod 640 /dev/shm/d/note"
+    )
     before = inside_pids(host, veid)
     host.vzctl("chkpnt", veid)
     dump = host.paths.default_dumpfile(veid)
@@ -59,6 +62,9 @@ def test_chkpnt_and_restore_a_ve(host: Host) -> None:
     after = inside_pids(host, veid)
     assert after == before
     assert host.vzctl("exec", veid, "hostname").stdout.strip() == "cpt"
+    # The VE's memory-backed /dev/shm came back with it.
+    shm = host.vzctl("exec", veid, "cat /dev/shm/d/note; stat -c %a /dev/shm/d/note").stdout
+    assert shm.split() == ["kept", "640"]
     assert address(veid) in host.vzctl("exec", veid, "ip -br addr show eth0").stdout
     assert not net.is_network_locked(veid)
     # And again: a restored VE checkpoints and restores like any other.

@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 
 from vzcpt.dump import dump_tree
-from vzcpt.errors import VzcptError
+from vzcpt.errors import Unsupported, VzcptError
 from vzcpt.image.schema import record
 from vzcpt.image.stream import open_dump
 from vzcpt.kernel import mounts
@@ -43,6 +44,22 @@ NAMESPACES = (
 )
 
 
+# Mounts of a VE that live only in memory: their content is part of the dump.
+# (/dev itself is rebuilt at start; /dev/shm holds POSIX shared memory.)
+MEMORY_MOUNTS = ("/dev/shm",)
+
+
+@dataclass
+class TmpfsEntry:
+    """A file or directory of a memory-backed mount of the VE."""
+
+    path: str  # as the VE sees it
+    mode: int
+    uid: int
+    gid: int
+    content: bytes | None = None  # None for a directory
+
+
 @record("ve")
 @dataclass
 class VeRecord:
@@ -52,15 +69,53 @@ class VeRecord:
     config: str  # the VE's config file as it was
     hostname: str
     network: list[net.Iface]
+    tmpfs: list[TmpfsEntry] = field(default_factory=list)
 
 
 def ve_record(veid: int, init_pid: int, cfg: VeConfig) -> VeRecord:
+    """Taken while the VE is frozen, so that it matches the processes."""
     return VeRecord(
         veid=veid,
         config=cfg.dumps(),
         hostname=cfg.hostname or f"ve{veid}",
         network=net.read_network(init_pid),
+        tmpfs=_read_memory_mounts(f"/proc/{init_pid}/root"),
     )
+
+
+def _read_memory_mounts(root: str) -> list[TmpfsEntry]:
+    entries: list[TmpfsEntry] = []
+    for mount in MEMORY_MOUNTS:
+        base = root + mount
+        for dirpath, dirnames, filenames in os.walk(base):
+            for name in sorted(dirnames) + sorted(filenames):
+                host = os.path.join(dirpath, name)
+                st = os.lstat(host)
+                inside = mount + host[len(base) :]
+                if stat.S_ISDIR(st.st_mode):
+                    entries.append(TmpfsEntry(inside, st.st_mode, st.st_uid, st.st_gid))
+                elif stat.S_ISREG(st.st_mode):
+                    with open(host, "rb") as f:
+                        content = f.read()
+                    entries.append(TmpfsEntry(inside, st.st_mode, st.st_uid, st.st_gid, content))
+                else:
+                    raise Unsupported(f"{inside} in the VE is neither a file nor a directory")
+    return entries
+
+
+def _write_memory_mounts(root: str, entries: list[TmpfsEntry]) -> None:
+    for entry in entries:  # parents come before their children
+        host = root + entry.path
+        if entry.content is None:
+            os.mkdir(host, 0o700)
+        else:
+            fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, entry.content)
+            finally:
+                os.close(fd)
+        os.chown(host, entry.uid, entry.gid)
+        os.chmod(host, stat.S_IMODE(entry.mode))
 
 
 def dump_suspended(
@@ -78,20 +133,24 @@ def dump_suspended(
     )
 
 
-def checkpoint(veid: int, init_pid: int, cfg: VeConfig, dumpfile: str, stats: Stats) -> None:
-    """Dump the VE's tree and kill it; on failure the VE runs on, network unlocked."""
-    ve = ve_record(veid, init_pid, cfg)
+def checkpoint(
+    veid: int, init_pid: int, cfg: VeConfig, cgroups: VeCgroups, dumpfile: str, stats: Stats
+) -> None:
+    """Suspend, dump and kill the VE; on failure it runs on, network unlocked."""
     net.lock_network(veid)
     try:
+        cgroups.freeze()
         dump_tree(
             init_pid,
             dumpfile,
             leave="kill",
             own_pid_namespace=True,
-            extra_records=[ve],
+            extra_records=[ve_record(veid, init_pid, cfg)],
             stats=stats,
+            held_by=cgroups,
         )
     except BaseException:
+        cgroups.thaw()
         net.unlock_network(veid)
         raise
 
@@ -128,6 +187,7 @@ def restore(
     def launch_init(channel_fd: int, theirs: socket.socket) -> int:
         pid = _launch_seed(root, hostname, cgroups, channel_fd, theirs)
         net.setup_network(veid, pid, cfg.ip_addresses, hostname, locked=True)
+        _write_memory_mounts(f"/proc/{pid}/root", ve.tmpfs)
         return pid
 
     try:

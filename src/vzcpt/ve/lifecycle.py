@@ -190,7 +190,14 @@ class VE:
             assert rec.init_pid is not None
             path = dumpfile or str(self.paths.default_dumpfile(self.veid))
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            checkpoint.checkpoint(self.veid, rec.init_pid, self.config(), path, stats or Stats())
+            checkpoint.checkpoint(
+                self.veid,
+                rec.init_pid,
+                self.config(),
+                VeCgroups(self.veid),
+                path,
+                stats or Stats(),
+            )
             self._cleanup_after_init()
             rec.dumpfile = path
             commit_transition(self.paths, rec, "chkpnt")
