@@ -7,10 +7,11 @@ its VEs (processes, mounts, cgroups, veths) even when it fails.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
-from vehost import Host, address
+from vehost import VZCTL, Host, address
 from vzcpt.ve import rootfs
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.state import VeLock
@@ -123,3 +124,33 @@ def test_set_on_a_running_ve(host: Host) -> None:
     assert limits["numproc"] == 64 and limits["ram_bytes"] == 256 << 20
     conf = host.paths.ve_conf(veid).read_text()
     assert 'HOSTNAME="beta"' in conf and extra in conf
+
+
+def test_enter_gives_a_shell_inside(host: Host) -> None:
+    veid = host.new_veid()
+    host.vzctl("create", veid, "--hostname", "shell")
+    host.vzctl("start", veid)
+    session = f"vzcpt-enter-{veid}"
+    command = f"VZCPT_ROOT={host.root} {' '.join(VZCTL)} enter {veid}"
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "20", command], check=True
+    )
+    try:
+        time.sleep(1.5)
+        subprocess.run(
+            ["tmux", "send-keys", "-t", session, "echo in-$(hostname)-$$", "Enter"], check=True
+        )
+        deadline = time.monotonic() + 10
+        screen = ""
+        while "in-shell-" not in screen.replace("$(hostname)", ""):
+            assert time.monotonic() < deadline, screen
+            time.sleep(0.2)
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        assert any(line.startswith("in-shell-") for line in screen.splitlines())
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
