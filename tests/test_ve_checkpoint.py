@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+from harness import build
 from vehost import Host, address
 from vzcpt.ve import net
 
@@ -176,3 +177,39 @@ def test_restore_on_a_second_host(host: Host, tmp_path: Path) -> None:
         assert last_count(log) == at_dump  # the first host's copy stays stopped
     finally:
         other.cleanup()
+
+
+def test_system_v_ipc_of_a_ve(host: Host) -> None:
+    """Shared memory (content checked from inside), semaphores and queues keep their ids."""
+    veid = host.new_veid()
+    host.vzctl("create", veid)
+    host.vzctl("start", veid)
+    root = host.paths.private(veid) / "root"
+    shutil.copy(build("mem_sysv_shm"), root / "mem_sysv_shm")
+    host.vzctl(
+        "exec",
+        veid,
+        "ipcmk -S 3 >/dev/null && ipcmk -Q >/dev/null && "
+        "setsid /root/mem_sysv_shm /root/report </dev/null >/dev/null 2>&1 &",
+    )
+    report = root / "report"
+    deadline = time.monotonic() + 10
+    while "READY" not in (report.read_text() if report.exists() else ""):
+        assert time.monotonic() < deadline, "the program did not get ready"
+        time.sleep(0.1)
+
+    def objects() -> list[str]:
+        out = host.vzctl("exec", veid, "ipcs").stdout
+        return sorted(line for line in out.splitlines() if line.startswith("0x"))
+
+    before = objects()
+    assert len(before) == 3
+    host.vzctl("chkpnt", veid)
+    host.vzctl("restore", veid)
+    assert [line.split()[:2] for line in objects()] == [line.split()[:2] for line in before]
+    host.vzctl("exec", veid, "kill -USR1 $(pgrep -x mem_sysv_shm)")
+    deadline = time.monotonic() + 10
+    while not any(w in report.read_text() for w in ("OK", "FAIL")):
+        assert time.monotonic() < deadline, "no verdict"
+        time.sleep(0.1)
+    assert report.read_text().splitlines()[-1] == "OK", report.read_text()

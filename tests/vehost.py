@@ -57,6 +57,8 @@ class Host:
             with contextlib.suppress(Exception):
                 VeCgroups(veid).destroy(kill=True)
             with contextlib.suppress(Exception):
+                VeCgroups(veid).remove_parent()
+            with contextlib.suppress(Exception):
                 rootfs.umount_tree(str(self.paths.ve_root(veid)))
 
 

@@ -82,6 +82,9 @@ class RestoreContext:
     # Where the restorer finds the programs' files: "" for our own root, or
     # /proc/PID/root of a process in the VE (its mounts, as the VE sees them).
     fs_root: str = ""
+    # True when the programs get an IPC namespace of their own, whose System V
+    # objects were recreated from the dump (a VE); else they use ours.
+    own_ipc: bool = False
 
     def host_path(self, path: str) -> str:
         """The path by which the restorer reaches a file the programs name `path`."""

@@ -151,13 +151,13 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
     )
     if e.path in SPECIAL:
         vma.kind = e.path.strip("[]")
+    elif e.path.startswith("/SYSV"):  # its inode is the shmid, which may well be 0
+        vma.kind = "sysv"
+        vma.shmem_id = shmem.dump_object(ctx, pid, e, "sysv", pages.write_nonzero)
     elif e.inode == 0:
         if e.shared:
             raise Unsupported(f"process {pid}: shared mapping {e.start:#x} without a file")
         vma.kind = "anon"
-    elif e.path.startswith("/SYSV"):
-        vma.kind = "sysv"
-        vma.shmem_id = shmem.dump_object(ctx, pid, e, "sysv", pages.write_nonzero)
     elif e.shared and e.path == "/dev/zero" and e.deleted:
         vma.kind = "shmem"
         vma.shmem_id = shmem.dump_object(ctx, pid, e, "shmem", pages.write_nonzero)

@@ -144,7 +144,12 @@ def map_shared(
 def _attach_sysv(
     ctx: RestoreContext, task: RemoteTask, obj: SharedMemRecord, start: int, prot: int
 ) -> None:
-    """Attach the segment if it still exists as it was; recreating one is for VEs."""
+    """Attach the segment: recreated from the dump in a VE's own IPC namespace, else
+    it must still exist as it was in ours."""
+    if ctx.own_ipc:
+        flags = SHM_REMAP | (0 if prot & 2 else SHM_RDONLY)
+        task.call(nr.SHMAT, obj.sysv_id, start, flags, what=f"shmat({obj.sysv_id})")
+        return
     size = sysv.shm_size(obj.sysv_id)
     if size is None:
         raise FileChanged(

@@ -9,7 +9,8 @@ A failed dump unlocks the network and leaves the VE running.
 restore: the VE's root is mounted and its cgroups made as at start; a
 launcher unshares the VE's namespaces and makes the seed of the restore its
 pid 1, inside the VE's root with its hostname; the host gives it its veth,
-locked; the engine turns the seed into the saved init and rebuilds every
+locked, and its /dev/shm files and System V IPC objects (same ids) come
+back; the engine turns the seed into the saved init and rebuilds every
 process under it; then the network is unlocked. A failed restore removes
 everything it built.
 """
@@ -27,6 +28,7 @@ from vzcpt.errors import Unsupported, VzcptError
 from vzcpt.image.schema import record
 from vzcpt.image.stream import open_dump
 from vzcpt.kernel import mounts
+from vzcpt.resources import sysvipc
 from vzcpt.resources.context import Stats
 from vzcpt.restore import restore_tree
 from vzcpt.restore.seed import become_seed
@@ -70,6 +72,7 @@ class VeRecord:
     hostname: str
     network: list[net.Iface]
     tmpfs: list[TmpfsEntry] = field(default_factory=list)
+    ipc: sysvipc.IpcRecord | None = None  # the System V objects of its IPC namespace
 
 
 def ve_record(veid: int, init_pid: int, cfg: VeConfig) -> VeRecord:
@@ -80,6 +83,7 @@ def ve_record(veid: int, init_pid: int, cfg: VeConfig) -> VeRecord:
         hostname=cfg.hostname or f"ve{veid}",
         network=net.read_network(init_pid),
         tmpfs=_read_memory_mounts(f"/proc/{init_pid}/root"),
+        ipc=sysvipc.dump_ipc(init_pid),
     )
 
 
@@ -188,6 +192,8 @@ def restore(
         pid = _launch_seed(root, hostname, cgroups, channel_fd, theirs)
         net.setup_network(veid, pid, cfg.ip_addresses, hostname, locked=True)
         _write_memory_mounts(f"/proc/{pid}/root", ve.tmpfs)
+        if ve.ipc is not None:  # before any process attaches a segment again
+            sysvipc.restore_ipc(pid, ve.ipc)
         return pid
 
     try:

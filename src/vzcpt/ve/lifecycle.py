@@ -388,6 +388,7 @@ class VE:
         cgroups = VeCgroups(self.veid)
         if cgroups.exists():
             cgroups.destroy(kill=True)
+        cgroups.remove_parent()  # the shared vzcpt/ directories, once no VE uses them
         rootfs.umount_root(self.paths, self.veid)
 
     def _run_inside(self, rec: StateRecord, command: list[str]) -> None:
