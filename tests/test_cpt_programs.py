@@ -13,23 +13,10 @@ import pytest
 
 from cpt import vzcpt
 from harness import Program
+from test_programs_native import PROGRAMS as NATIVE
 
-PROGRAMS: dict[str, tuple[str, ...]] = {
-    "mem_anon": (),
-    "mem_file_private": (),
-    "mem_shared": (),
-    "mem_file_shared": (),
-    "mem_sysv_shm": (),
-    "mem_big": ("64",),
-    "regs_avx": (),
-    "sleep_restart": (),
-    "threads": (),
-    "tree": (),
-    "creds": (),
-    "signals": (),
-    "timers": (),
-    "files": (),
-}
+# Every program of test_programs_native but the benchmark's holder.
+PROGRAMS = {name: args for name, args in NATIVE.items() if name != "holder"}
 
 
 def checkpoint_and_restore(prog: Program, dumpfile: Path) -> None:

@@ -17,7 +17,6 @@ everything it built.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import stat
@@ -27,24 +26,14 @@ from vzcpt.dump import dump_tree
 from vzcpt.errors import Unsupported, VzcptError
 from vzcpt.image.schema import record
 from vzcpt.image.stream import open_dump
-from vzcpt.kernel import mounts
 from vzcpt.resources import sysvipc
 from vzcpt.resources.context import Stats
 from vzcpt.restore import restore_tree
 from vzcpt.restore.seed import become_seed
-from vzcpt.ve import net, rootfs
+from vzcpt.ve import net
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig
-
-NAMESPACES = (
-    mounts.CLONE_NEWNS
-    | mounts.CLONE_NEWUTS
-    | mounts.CLONE_NEWIPC
-    | mounts.CLONE_NEWNET
-    | mounts.CLONE_NEWPID
-    | mounts.CLONE_NEWCGROUP
-)
-
+from vzcpt.ve.launch import launch_pid1
 
 # Mounts of a VE that live only in memory: their content is part of the dump.
 # (/dev itself is rebuilt at start; /dev/shm holds POSIX shared memory.)
@@ -212,40 +201,4 @@ def _launch_seed(
     root: str, hostname: str, cgroups: VeCgroups, channel_fd: int, theirs: socket.socket
 ) -> int:
     """Start pid 1 of a fresh VE, in its root, as the seed of the restore."""
-    read_end, write_end = os.pipe()
-    launcher = os.fork()
-    if launcher == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            os.setsid()
-            cgroups.add(os.getpid())
-            mounts.unshare(NAMESPACES)
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.close(write_end)
-                    socket.sethostname(hostname)
-                    rootfs.enter_root(root)
-                    become_seed(channel_fd, theirs)
-                finally:
-                    os._exit(127)
-            os.write(write_end, f"{pid}\n".encode())
-            code = 0
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(write_end, f"error {exc}\n".encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        answer = b""
-        while chunk := os.read(read_end, 4096):
-            answer += chunk
-    finally:
-        os.close(read_end)
-        os.waitpid(launcher, 0)
-    text = answer.decode(errors="replace").strip()
-    if not text.isdigit():
-        raise VzcptError(f"the VE could not be prepared for restore: {text or 'no answer'}")
-    return int(text)
+    return launch_pid1(root, hostname, cgroups, lambda: become_seed(channel_fd, theirs))

@@ -18,19 +18,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 
 from vzcpt.errors import VzcptError
-from vzcpt.kernel import mounts
 from vzcpt.proc import files as procfs
 from vzcpt.proc.stat import parse_stat
 from vzcpt.resources.context import Stats
 from vzcpt.ve import checkpoint, init, net, rootfs, templates
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig, load_global, load_ve
+from vzcpt.ve.launch import launch_pid1
 from vzcpt.ve.paths import Paths
 from vzcpt.ve.state import (
     StateRecord,
@@ -41,14 +40,6 @@ from vzcpt.ve.state import (
     load_state,
 )
 
-NAMESPACES = (
-    mounts.CLONE_NEWNS
-    | mounts.CLONE_NEWUTS
-    | mounts.CLONE_NEWIPC
-    | mounts.CLONE_NEWNET
-    | mounts.CLONE_NEWPID
-    | mounts.CLONE_NEWCGROUP
-)
 VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_TIMEOUT = 10.0
 
@@ -131,13 +122,7 @@ class VE:
             cgroups = VeCgroups(self.veid)
             init_pid = None
             try:
-                cgroups.create()
-                cgroups.set_limits(
-                    ram_bytes=cfg.ram_bytes,
-                    swap_bytes=cfg.swap_bytes,
-                    cpus=cfg.cpus,
-                    numproc=cfg.numproc,
-                )
+                _make_cgroups(cgroups, cfg)
                 self._write_resolv_conf(cfg)
                 init_pid = _spawn_init(root, cfg.hostname or f"ve{self.veid}", cgroups)
                 net.setup_network(self.veid, init_pid, cfg.ip_addresses, cfg.hostname)
@@ -218,13 +203,7 @@ class VE:
             root = rootfs.mount_root(self.paths, self.veid)
             cgroups = VeCgroups(self.veid)
             try:
-                cgroups.create()
-                cgroups.set_limits(
-                    ram_bytes=cfg.ram_bytes,
-                    swap_bytes=cfg.swap_bytes,
-                    cpus=cfg.cpus,
-                    numproc=cfg.numproc,
-                )
+                _make_cgroups(cgroups, cfg)
                 init_pid = checkpoint.restore(
                     self.veid, root, cgroups, ve, cfg, path, stats or Stats(), frozen=frozen
                 )
@@ -422,68 +401,30 @@ def list_ves(paths: Paths | None = None) -> list[VeStatus]:
     return [VE(veid, paths).status() for veid in sorted(veids)]
 
 
+def _make_cgroups(cgroups: VeCgroups, cfg: VeConfig) -> None:
+    """The VE's cgroups, with the limits of its config."""
+    cgroups.create()
+    cgroups.set_limits(
+        ram_bytes=cfg.ram_bytes, swap_bytes=cfg.swap_bytes, cpus=cfg.cpus, numproc=cfg.numproc
+    )
+
+
 def _spawn_init(root: str, hostname: str, cgroups: VeCgroups) -> int:
-    """Launch the VE's init in new namespaces; return its host pid once it runs."""
-    read_end, write_end = os.pipe()
-    launcher = os.fork()
-    if launcher == 0:  # the launcher: joins the cgroups, makes the namespaces, forks init
-        code = 1
-        try:
-            os.close(read_end)
-            os.setsid()
-            cgroups.add(os.getpid())
-            mounts.unshare(NAMESPACES)
-            pid = os.fork()
-            if pid == 0:
-                _become_init(root, hostname, write_end)
-            os.write(write_end, f"{pid}\n".encode())
-            code = 0
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(write_end, f"error {exc}\n".encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        answer = _read_all(read_end)
-    finally:
-        os.close(read_end)
-        os.waitpid(launcher, 0)
-    lines = answer.splitlines()
-    if not lines or not lines[0].isdigit():
-        raise VzcptError(f"the VE's init did not start: {answer.strip() or 'no answer'}")
-    pid = int(lines[0])
-    if len(lines) > 1:
-        raise VzcptError(f"the VE's init did not start: {lines[1].removeprefix('error ')}")
-    return pid
+    """Launch the VE's init; return its host pid."""
+    return launch_pid1(root, hostname, cgroups, _exec_init)
 
 
-def _become_init(root: str, hostname: str, report: int) -> None:
-    """In the new pid namespace (we are its pid 1): set up and exec init. Never returns."""
-    try:
-        socket.sethostname(hostname)
-        rootfs.enter_root(root)
-        source_r, source_w = os.pipe()
-        os.write(source_w, init.SOURCE.encode())  # far below a pipe's capacity
-        os.close(source_w)
-        devnull = os.open("/dev/null", os.O_RDWR)
-        os.dup2(source_r, 0)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        os.closerange(3, 65536)  # the report pipe too: the launcher answers for us
-        os.execve(init.INTERPRETER, init.argv(), {"PATH": VE_PATH, "HOME": "/root"})
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.write(report, f"error {exc}\n".encode())
-    finally:
-        os._exit(127)
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
+def _exec_init() -> None:
+    """Become the VE's init: its source on stdin, nothing else open. Never returns."""
+    source_r, source_w = os.pipe()
+    os.write(source_w, init.SOURCE.encode())  # far below a pipe's capacity
+    os.close(source_w)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(source_r, 0)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.closerange(3, 65536)  # the launcher's report pipe too
+    os.execve(init.INTERPRETER, init.argv(), {"PATH": VE_PATH, "HOME": "/root"})
 
 
 def _stop_init(pid: int) -> None:
