@@ -17,13 +17,11 @@ everything it built.
 
 from __future__ import annotations
 
-import os
 import socket
-import stat
 from dataclasses import dataclass, field
 
 from vzcpt.dump import dump_tree
-from vzcpt.errors import Unsupported, VzcptError
+from vzcpt.errors import VzcptError
 from vzcpt.image.schema import record
 from vzcpt.image.stream import open_dump
 from vzcpt.resources import sysvipc
@@ -34,21 +32,7 @@ from vzcpt.ve import net
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig
 from vzcpt.ve.launch import launch_pid1
-
-# Mounts of a VE that live only in memory: their content is part of the dump.
-# (/dev itself is rebuilt at start; /dev/shm holds POSIX shared memory.)
-MEMORY_MOUNTS = ("/dev/shm",)
-
-
-@dataclass
-class TmpfsEntry:
-    """A file or directory of a memory-backed mount of the VE."""
-
-    path: str  # as the VE sees it
-    mode: int
-    uid: int
-    gid: int
-    content: bytes | None = None  # None for a directory
+from vzcpt.ve.mounts import TmpfsMount, dump_mounts, restore_mounts
 
 
 @record("ve")
@@ -60,59 +44,30 @@ class VeRecord:
     config: str  # the VE's config file as it was
     hostname: str
     network: list[net.Iface]
-    tmpfs: list[TmpfsEntry] = field(default_factory=list)
+    mounts: list[TmpfsMount] = field(default_factory=list)  # /dev/shm and its own tmpfs
     ipc: sysvipc.IpcRecord | None = None  # the System V objects of its IPC namespace
 
 
-def ve_record(veid: int, init_pid: int, cfg: VeConfig) -> VeRecord:
+def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord:
     """Taken while the VE is frozen, so that it matches the processes."""
     return VeRecord(
         veid=veid,
         config=cfg.dumps(),
         hostname=cfg.hostname or f"ve{veid}",
         network=net.read_network(init_pid),
-        tmpfs=_read_memory_mounts(f"/proc/{init_pid}/root"),
+        mounts=dump_mounts(init_pid, private),
         ipc=sysvipc.dump_ipc(init_pid),
     )
 
 
-def _read_memory_mounts(root: str) -> list[TmpfsEntry]:
-    entries: list[TmpfsEntry] = []
-    for mount in MEMORY_MOUNTS:
-        base = root + mount
-        for dirpath, dirnames, filenames in os.walk(base):
-            for name in sorted(dirnames) + sorted(filenames):
-                host = os.path.join(dirpath, name)
-                st = os.lstat(host)
-                inside = mount + host[len(base) :]
-                if stat.S_ISDIR(st.st_mode):
-                    entries.append(TmpfsEntry(inside, st.st_mode, st.st_uid, st.st_gid))
-                elif stat.S_ISREG(st.st_mode):
-                    with open(host, "rb") as f:
-                        content = f.read()
-                    entries.append(TmpfsEntry(inside, st.st_mode, st.st_uid, st.st_gid, content))
-                else:
-                    raise Unsupported(f"{inside} in the VE is neither a file nor a directory")
-    return entries
-
-
-def _write_memory_mounts(root: str, entries: list[TmpfsEntry]) -> None:
-    for entry in entries:  # parents come before their children
-        host = root + entry.path
-        if entry.content is None:
-            os.mkdir(host, 0o700)
-        else:
-            fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, entry.content)
-            finally:
-                os.close(fd)
-        os.chown(host, entry.uid, entry.gid)
-        os.chmod(host, stat.S_IMODE(entry.mode))
-
-
 def dump_suspended(
-    veid: int, init_pid: int, cfg: VeConfig, cgroups: VeCgroups, dumpfile: str, stats: Stats
+    veid: int,
+    init_pid: int,
+    cfg: VeConfig,
+    private: str,
+    cgroups: VeCgroups,
+    dumpfile: str,
+    stats: Stats,
 ) -> None:
     """chkpnt --dump: dump a suspended VE, which stays suspended (frozen, network locked)."""
     dump_tree(
@@ -120,14 +75,20 @@ def dump_suspended(
         dumpfile,
         leave="running",
         own_pid_namespace=True,
-        extra_records=[ve_record(veid, init_pid, cfg)],
+        extra_records=[ve_record(veid, init_pid, cfg, private)],
         stats=stats,
         held_by=cgroups,
     )
 
 
 def checkpoint(
-    veid: int, init_pid: int, cfg: VeConfig, cgroups: VeCgroups, dumpfile: str, stats: Stats
+    veid: int,
+    init_pid: int,
+    cfg: VeConfig,
+    private: str,
+    cgroups: VeCgroups,
+    dumpfile: str,
+    stats: Stats,
 ) -> None:
     """Suspend, dump and kill the VE; on failure it runs on, network unlocked."""
     net.lock_network(veid)
@@ -138,7 +99,7 @@ def checkpoint(
             dumpfile,
             leave="kill",
             own_pid_namespace=True,
-            extra_records=[ve_record(veid, init_pid, cfg)],
+            extra_records=[ve_record(veid, init_pid, cfg, private)],
             stats=stats,
             held_by=cgroups,
         )
@@ -180,7 +141,7 @@ def restore(
     def launch_init(channel_fd: int, theirs: socket.socket) -> int:
         pid = _launch_seed(root, hostname, cgroups, channel_fd, theirs)
         net.setup_network(veid, pid, cfg.ip_addresses, hostname, locked=True)
-        _write_memory_mounts(f"/proc/{pid}/root", ve.tmpfs)
+        restore_mounts(pid, ve.mounts)
         if ve.ipc is not None:  # before any process attaches a segment again
             sysvipc.restore_ipc(pid, ve.ipc)
         return pid
