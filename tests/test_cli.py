@@ -71,7 +71,7 @@ def test_dump_missing_pid(tmp_path: Path) -> None:
     assert not dump.exists()
 
 
-@pytest.mark.parametrize("kind,where", [("pair", "root"), ("listen", "root"), ("pair", "child")])
+@pytest.mark.parametrize("kind,where", [("udp", "root"), ("listen", "root"), ("udp", "child")])
 def test_dump_refuses_socket(kind: str, where: str, tmp_path: Path) -> None:
     """A socket is refused, naming the process, the descriptor and "socket";
     the program keeps running, untraced and not stopped."""

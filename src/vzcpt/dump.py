@@ -32,6 +32,7 @@ from vzcpt.proc.stat import parse_stat
 from vzcpt.proc.status import namespace_ids
 from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import DumpContext, Stats
+from vzcpt.resources.fds import unix
 from vzcpt.resources.fds.table import dump_table
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
@@ -170,6 +171,7 @@ def _write_dump(
         for pid in tree.pids:
             writer.write_record(_dump_process(ctx, tree, pid))
             stats.processes += 1
+        unix.check_peers(ctx.records)
         for rec in [*ctx.records, *extra_records]:
             writer.write_record(rec)
         writer.close()

@@ -2,8 +2,9 @@
 
     python3 socket_holder.py OUT KIND [child]
 
-KIND is "pair" (a connected AF_UNIX socketpair) or "listen" (a TCP socket
-listening on 127.0.0.1).  With "child", a forked child holds the socket and
+KIND is "udp" (a UDP socket bound to 127.0.0.1) or "listen" (a TCP socket
+listening on 127.0.0.1): kinds vzcpt does not save yet (unix sockets it does).
+With "child", a forked child holds the socket and
 counts while the parent just waits.  The holder writes "SOCKET PID FD" for
 each socket descriptor, then one increasing number per line: a dump that is
 refused must leave it counting.
@@ -19,8 +20,10 @@ import time
 
 
 def hold(out: int, kind: str) -> None:
-    if kind == "pair":
-        held = list(socket.socketpair())
+    if kind == "udp":
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        held = [udp]
     else:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))

@@ -41,6 +41,21 @@ class LockRecord:
     end: int | None
 
 
+@dataclass
+class UnixSocketRecord:
+    """What a unix socket is: its type, state, names, peer and queued messages."""
+
+    ino: int
+    type: int
+    listening: bool
+    backlog: int
+    name: bytes  # getsockname(): b"" unnamed, b"\0..." abstract, else a path
+    peer: int  # inode of its peer in the tree, 0 for none
+    shutdown: int
+    queue: list[bytes] = field(default_factory=list)  # received, not yet read, in order
+    options: dict[str, int] = field(default_factory=dict)
+
+
 @record("file")
 @dataclass
 class FileDesc:
@@ -58,6 +73,7 @@ class FileDesc:
     pipe_id: int = 0
     pipe_size: int = 0
     locks: list[LockRecord] = field(default_factory=list)
+    socket: UnixSocketRecord | None = None
 
 
 class Handler(Protocol):
@@ -82,9 +98,16 @@ class Handler(Protocol):
 
 
 def catalogue() -> list[Handler]:
-    from vzcpt.resources.fds import chrdev, directory, pipe, regular
+    from vzcpt.resources.fds import chrdev, directory, pipe, regular, unix
 
-    return [regular.HANDLER, directory.HANDLER, chrdev.HANDLER, pipe.HANDLER, pipe.FIFO_HANDLER]
+    return [
+        regular.HANDLER,
+        directory.HANDLER,
+        chrdev.HANDLER,
+        pipe.HANDLER,
+        pipe.FIFO_HANDLER,
+        unix.HANDLER,
+    ]
 
 
 def handler_for(kind: str) -> Handler:

@@ -1,0 +1,236 @@
+"""Unix sockets: socketpairs and connected pairs inside the tree, bound and listening sockets,
+with the messages queued in them.
+
+Kernel interfaces: sock_diag (kernel/sockdiag.py) gives each socket's type,
+state, peer (by inode) and queue lengths; getsockname() its name; recvmsg()
+with MSG_PEEK after setting SO_PEEK_OFF reads every queued message without
+taking it, message boundaries kept, and shows descriptors in flight.
+
+At restore a connected pair is made again with socketpair() and each side's
+queue is refilled by sending from the other side, in order; a listening
+socket is bound to its name and listens with its backlog; a bound datagram
+socket is bound again. Refused at checkpoint, with a line naming process,
+descriptor and reason: sockets of other families (TCP, UDP, netlink...),
+a peer outside the tree, a pair connected through a listening socket,
+connections not yet accepted, descriptors in flight, named sockets in a VE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import stat
+
+from vzcpt.errors import Unsupported, VzcptError
+from vzcpt.kernel.sockdiag import UnixSock, unix_sockets
+from vzcpt.proc.fdinfo import FdInfo
+from vzcpt.resources.context import DumpContext, RestoreContext
+from vzcpt.resources.fds import FileDesc, UnixSocketRecord
+
+SO_PEEK_OFF = 42
+STATE_LISTEN = 10
+SHUT_BY_DIAG = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
+FAMILY_NAMES = {
+    socket.AF_INET: "a TCP/IP (IPv4)",
+    socket.AF_INET6: "a TCP/IP (IPv6)",
+    socket.AF_NETLINK: "a netlink",
+    socket.AF_PACKET: "a packet",
+}
+STATUS_FLAGS = os.O_NONBLOCK
+
+
+class UnixHandler:
+    kind = "unix"
+
+    def claims(self, link: str, st: os.stat_result) -> bool:
+        return stat.S_ISSOCK(st.st_mode)
+
+    def dump(
+        self,
+        ctx: DumpContext,
+        pid: int,
+        fd: int,
+        local: int,
+        link: str,
+        st: os.stat_result,
+        info: FdInfo,
+    ) -> FileDesc:
+        sock = socket.socket(fileno=os.dup(local))
+        try:
+            if sock.family != socket.AF_UNIX:
+                what = FAMILY_NAMES.get(sock.family, f"a family {sock.family}")
+                raise Unsupported(
+                    f"process {pid}: descriptor {fd} is {what} socket, "
+                    "which vzcpt cannot checkpoint yet"
+                )
+            diag = _diag(ctx, pid).get(st.st_ino)
+            if diag is None:
+                raise Unsupported(
+                    f"process {pid}: descriptor {fd}: its unix socket is not visible to sock_diag"
+                )
+            rec = _record(ctx, pid, fd, sock, diag)
+        finally:
+            sock.close()
+        return FileDesc(id=0, kind=self.kind, flags=info.flags & ~os.O_CLOEXEC, socket=rec)
+
+    def open(self, ctx: RestoreContext, desc: FileDesc) -> int:
+        rec = desc.socket
+        if rec is None:
+            raise VzcptError(f"file {desc.id} of kind unix has no socket record")
+        if rec.peer:
+            fd = _pair_end(ctx, rec)
+        else:
+            sock = socket.socket(socket.AF_UNIX, rec.type)
+            try:
+                if rec.name:
+                    _bind(ctx, sock, rec.name)
+                if rec.listening:
+                    sock.listen(rec.backlog)
+            except BaseException:
+                sock.close()
+                raise
+            fd = sock.detach()
+        fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
+        return fd
+
+
+def _diag(ctx: DumpContext, pid: int) -> dict[int, UnixSock]:
+    """The unix sockets of the process's network namespace, listed once per dump."""
+    key = ("unix-diag", os.stat(f"/proc/{pid}/ns/net").st_ino)
+    if key not in ctx.shared:
+        ctx.shared[key] = unix_sockets(pid)
+    found: dict[int, UnixSock] = ctx.shared[key]
+    return found
+
+
+def _record(
+    ctx: DumpContext, pid: int, fd: int, sock: socket.socket, diag: UnixSock
+) -> UnixSocketRecord:
+    where = f"process {pid}: descriptor {fd} (a unix socket)"
+    name = sock.getsockname()
+    name = os.fsencode(name) if isinstance(name, str) else bytes(name)
+    listening = diag.state == STATE_LISTEN
+    if listening and diag.rqueue:
+        raise Unsupported(
+            f"{where} has {diag.rqueue} connections not yet accepted, "
+            "which vzcpt cannot checkpoint yet"
+        )
+    if name and ctx.ids:
+        raise Unsupported(
+            f"{where} has a name ({os.fsdecode(name)!r}) in a VE, which vzcpt "
+            "cannot checkpoint yet (unnamed pairs are fine)"
+        )
+    try:
+        peer_name = sock.getpeername()
+        connected = True
+    except OSError:  # ENOTCONN
+        peer_name, connected = "", False
+    if connected and (name or peer_name):
+        raise Unsupported(
+            f"{where} is connected through a listening socket, which vzcpt "
+            "cannot checkpoint yet (socketpairs are fine)"
+        )
+    if connected and not diag.peer:
+        raise Unsupported(
+            f"{where} is connected to a peer outside the tree, which vzcpt cannot "
+            "checkpoint yet"
+        )
+    return UnixSocketRecord(
+        ino=diag.ino,
+        type=diag.type,
+        listening=listening,
+        backlog=diag.wqueue if listening else 0,
+        name=name,
+        peer=diag.peer,
+        shutdown=diag.shutdown,
+        queue=[] if listening else _peek_all(sock, where),
+    )
+
+
+def _peek_all(sock: socket.socket, where: str) -> list[bytes]:
+    """Every queued message, in order, left in place (SO_PEEK_OFF walks past each)."""
+    old = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    messages = []
+    try:
+        while True:
+            try:
+                data, ancillary, _, _ = sock.recvmsg(
+                    1 << 20, socket.CMSG_SPACE(4 * 253), socket.MSG_PEEK | socket.MSG_DONTWAIT
+                )
+            except BlockingIOError:
+                break
+            if any(
+                level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                for level, kind, _ in ancillary
+            ):
+                raise Unsupported(
+                    f"{where} has descriptors in flight (SCM_RIGHTS), which "
+                    "vzcpt cannot checkpoint yet"
+                )
+            if not data and sock.type == socket.SOCK_STREAM:
+                break  # end of stream: the peer shut down its sending side
+            messages.append(data)
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+    return messages
+
+
+def check_peers(records: list[object]) -> None:
+    """Refuse a socket whose peer the dump does not hold: it lives outside the tree."""
+    socks = {r.socket.ino: r for r in records if isinstance(r, FileDesc) and r.socket}
+    for desc in socks.values():
+        assert desc.socket is not None
+        if desc.socket.peer and desc.socket.peer not in socks:
+            raise Unsupported(
+                f"a unix socket of the tree (inode {desc.socket.ino}) is connected to a peer "
+                "outside it, which vzcpt cannot checkpoint yet"
+            )
+
+
+def _pair_end(ctx: RestoreContext, rec: UnixSocketRecord) -> int:
+    """This end of a connected pair, made (and both queues refilled) on first use."""
+    key = ("unix", rec.ino)
+    if key not in ctx.local_fds:
+        peer = _peer_record(ctx, rec)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, rec.type)
+        try:
+            for receiver, sender in ((rec, theirs), (peer, mine)):
+                for message in receiver.queue:  # datagrams keep their boundaries
+                    if rec.type == socket.SOCK_STREAM:
+                        sender.sendall(message)
+                    else:
+                        sender.send(message)
+            for record, sock in ((rec, mine), (peer, theirs)):
+                if record.shutdown in SHUT_BY_DIAG:
+                    sock.shutdown(SHUT_BY_DIAG[record.shutdown])
+        except BaseException:
+            mine.close()
+            theirs.close()
+            raise
+        ctx.local_fds[key] = mine.detach()
+        ctx.local_fds[("unix", peer.ino)] = theirs.detach()
+    return ctx.local_fds[key]
+
+
+def _peer_record(ctx: RestoreContext, rec: UnixSocketRecord) -> UnixSocketRecord:
+    for desc in ctx.image.records_of(FileDesc):
+        if desc.socket is not None and desc.socket.ino == rec.peer:
+            return desc.socket
+    raise VzcptError(f"the dump lacks the peer of unix socket {rec.ino}")
+
+
+def _bind(ctx: RestoreContext, sock: socket.socket, name: bytes) -> None:
+    if name.startswith(b"\0"):
+        sock.bind(name)
+        return
+    path = ctx.host_path(os.fsdecode(name))
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # the socket file left behind by the dumped process
+    sock.bind(path)
+
+
+HANDLER = UnixHandler()
