@@ -6,6 +6,7 @@ real VEs never meet; the fixture kills what is left and removes it all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -218,9 +219,13 @@ def _counter(path: str) -> int:
 def test_freeze_and_thaw(made: Made, freezer: str) -> None:
     cg = made.cgroups(freezer=freezer)
     assert cg.freezer_version == int(freezer[1])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         path = os.path.join(tmp, "count")
         proc = made.spawn(sys.executable, "-c", COUNTER, path)
+        # The counter writes into tmp until killed: kill it before tmp goes,
+        # or removing the directory races with its next file.
+        stack.callback(proc.wait)
+        stack.callback(proc.kill)
         cg.add(proc.pid)
         first = _counter(path)
         time.sleep(0.1)
