@@ -154,3 +154,16 @@ def test_enter_gives_a_shell_inside(host: Host) -> None:
         assert any(line.startswith("in-shell-") for line in screen.splitlines())
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+
+
+def test_the_ves_own_init(host: Host) -> None:
+    veid = host.new_veid()
+    host.vzctl("create", veid)
+    init = host.paths.private(veid) / "root" / "myinit"
+    init.write_text("#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.2; done\n")
+    init.chmod(0o755)
+    host.vzctl("set", veid, "--init", "/root/myinit", "--save")
+    host.vzctl("start", veid)
+    assert "/root/myinit" in host.vzctl("exec", veid, "tr '\\0' ' ' < /proc/1/cmdline").stdout
+    host.vzctl("stop", veid)
+    assert host.vzctl("status", veid).stdout.split()[4] == "stopped"

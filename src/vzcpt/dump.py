@@ -199,8 +199,10 @@ def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord
         return rec
     tids = tree.threads[pid]
     main = RemoteTask(tids[0], find_gadget(pid))
-    others = [RemoteTask(tid, main.gadget) for tid in tids[1:]]
+    others: list[RemoteTask] = []  # made inside the try: each one blocks its signals
     try:
+        for tid in tids[1:]:
+            others.append(RemoteTask(tid, main.gadget))
         main.map_scratch()
         for task in others:
             task.scratch = main.scratch
@@ -217,8 +219,7 @@ def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord
         main.unmap_scratch()
         # After our scratch area is gone: the saved layout must not include it.
         rec.mm = memory.dump_mm(ctx, pid, main)
-        stats_threads = len(tids)
-        ctx.stats.threads += stats_threads
+        ctx.stats.threads += len(tids)
     finally:
         if main.scratch:
             main.unmap_scratch()

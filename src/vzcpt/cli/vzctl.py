@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     set_.add_argument("--swap", type=parse_size, metavar="SIZE")
     set_.add_argument("--cpus", type=int)
     set_.add_argument("--numproc", metavar="[BARRIER:]LIMIT")
+    set_.add_argument(
+        "--init",
+        metavar="PATH",
+        help="the VE's own init (e.g. /sbin/init) from its next start; 'vzcpt' for vzcpt's reaper",
+    )
     set_.add_argument("--save", action="store_true", help="keep the change in the config")
 
     chkpnt = sub.add_parser("chkpnt", help="checkpoint a VE: suspend, dump, kill")
@@ -124,6 +129,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             swap_bytes=args.swap,
             cpus=args.cpus,
             numproc=args.numproc,
+            init=args.init,
             save=args.save,
         )
         print(f"VE {ve.veid}: settings applied{' and saved' if args.save else ''}")

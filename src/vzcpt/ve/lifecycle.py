@@ -124,7 +124,9 @@ class VE:
             try:
                 _make_cgroups(cgroups, cfg)
                 self._write_resolv_conf(cfg)
-                init_pid = _spawn_init(root, cfg.hostname or f"ve{self.veid}", cgroups)
+                init_pid = _spawn_init(
+                    root, cfg.hostname or f"ve{self.veid}", cgroups, cfg.get("INIT")
+                )
                 net.setup_network(self.veid, init_pid, cfg.ip_addresses, cfg.hostname)
             except BaseException:
                 if init_pid is not None:
@@ -314,6 +316,7 @@ class VE:
         swap_bytes: int | None = None,
         cpus: int | None = None,
         numproc: str | None = None,
+        init: str | None = None,
         save: bool = False,
     ) -> None:
         """Change settings; applied at once to a running VE, kept in the config with save."""
@@ -344,6 +347,11 @@ class VE:
                 cfg.cpus = cpus
             if numproc is not None:
                 cfg.set_numproc(numproc)
+            if init is not None:  # the VE's own init program, from its next start on
+                if init in ("", "vzcpt"):
+                    cfg.remove("INIT")
+                else:
+                    cfg.set("INIT", init)
             if running:
                 VeCgroups(self.veid).set_limits(
                     ram_bytes=ram_bytes, swap_bytes=swap_bytes, cpus=cpus, numproc=cfg.numproc
@@ -411,13 +419,20 @@ def _make_cgroups(cgroups: VeCgroups, cfg: VeConfig) -> None:
     )
 
 
-def _spawn_init(root: str, hostname: str, cgroups: VeCgroups) -> int:
-    """Launch the VE's init; return its host pid."""
-    return launch_pid1(root, hostname, cgroups, _exec_init)
+def _spawn_init(root: str, hostname: str, cgroups: VeCgroups, program: str | None) -> int:
+    """Launch the VE's init (vzcpt's reaper, or the VE's own `program`); return its host pid."""
+    return launch_pid1(root, hostname, cgroups, lambda: _exec_init(program))
 
 
-def _exec_init() -> None:
-    """Become the VE's init: its source on stdin, nothing else open. Never returns."""
+def _exec_init(program: str | None) -> None:
+    """Become the VE's init, nothing open but /dev/null (and, for vzcpt's own init, its
+    source on stdin). Never returns."""
+    if program:
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.closerange(3, 65536)  # the launcher's report pipe too
+        os.execve(program, [program], {"PATH": VE_PATH, "HOME": "/root", "container": "vzcpt"})
     source_r, source_w = os.pipe()
     os.write(source_w, init.SOURCE.encode())  # far below a pipe's capacity
     os.close(source_w)

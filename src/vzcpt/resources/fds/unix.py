@@ -134,8 +134,7 @@ def _record(
         )
     if connected and not diag.peer:
         raise Unsupported(
-            f"{where} is connected to a peer outside the tree, which vzcpt cannot "
-            "checkpoint yet"
+            f"{where} is connected to a peer outside the tree, which vzcpt cannot checkpoint yet"
         )
     return UnixSocketRecord(
         ino=diag.ino,
