@@ -47,6 +47,12 @@ def test_chkpnt_and_restore_a_ve(host: Host) -> None:
     host.vzctl(
         "exec", veid, "mkdir /dev/shm/d && echo kept > /dev/shm/d/note && chmod 640 /dev/shm/d/note"
     )
+    host.vzctl(
+        "exec",
+        veid,
+        "echo 1 > /proc/sys/net/ipv4/ip_forward && "
+        "echo '40000 50000' > /proc/sys/net/ipv4/ip_local_port_range",
+    )
     before = inside_pids(host, veid)
     host.vzctl("chkpnt", veid)
     dump = host.paths.default_dumpfile(veid)
@@ -66,6 +72,11 @@ def test_chkpnt_and_restore_a_ve(host: Host) -> None:
     # The VE's memory-backed /dev/shm came back with it.
     shm = host.vzctl("exec", veid, "cat /dev/shm/d/note; stat -c %a /dev/shm/d/note").stdout
     assert shm.split() == ["kept", "640"]
+    # So did the settings of its network namespace.
+    sysctls = host.vzctl(
+        "exec", veid, "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/ip_local_port_range"
+    ).stdout.split()
+    assert sysctls == ["1", "40000", "50000"]
     assert address(veid) in host.vzctl("exec", veid, "ip -br addr show eth0").stdout
     assert not net.is_network_locked(veid)
     # And again: a restored VE checkpoints and restores like any other.

@@ -33,6 +33,7 @@ from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig
 from vzcpt.ve.launch import launch_pid1
 from vzcpt.ve.mounts import TmpfsMount, dump_mounts, restore_mounts
+from vzcpt.ve.sysctl import dump_sysctls, restore_sysctls
 
 
 @record("ve")
@@ -46,6 +47,7 @@ class VeRecord:
     network: list[net.Iface]
     mounts: list[TmpfsMount] = field(default_factory=list)  # /dev/shm and its own tmpfs
     ipc: sysvipc.IpcRecord | None = None  # the System V objects of its IPC namespace
+    sysctls: dict[str, str] = field(default_factory=dict)  # its network namespace's
 
 
 def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord:
@@ -57,6 +59,7 @@ def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord
         network=net.read_network(init_pid),
         mounts=dump_mounts(init_pid, private),
         ipc=sysvipc.dump_ipc(init_pid),
+        sysctls=dump_sysctls(init_pid),
     )
 
 
@@ -141,6 +144,7 @@ def restore(
     def launch_init(channel_fd: int, theirs: socket.socket) -> int:
         pid = _launch_seed(root, hostname, cgroups, channel_fd, theirs)
         net.setup_network(veid, pid, cfg.ip_addresses, hostname, locked=True)
+        restore_sysctls(pid, ve.sysctls)
         restore_mounts(pid, ve.mounts)
         if ve.ipc is not None:  # before any process attaches a segment again
             sysvipc.restore_ipc(pid, ve.ipc)
