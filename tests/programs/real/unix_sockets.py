@@ -2,7 +2,8 @@
 
 A stream socketpair with data queued both ways, a datagram pair with three
 messages (boundaries must survive), a seqpacket pair shared with a child
-process, a listening socket bound to a path, a bound datagram socket. Writes
+process, a listening socket bound to a path with a connection it accepted
+(data queued both ways), a bound datagram socket. Writes
 READY; on SIGUSR1 checks everything and writes OK or FAIL <why>.
 """
 
@@ -24,6 +25,11 @@ def main() -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(os.path.join(workdir, "listen.sock"))
     listener.listen(7)
+    conn_client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn_client.connect(os.path.join(workdir, "listen.sock"))
+    conn_server, _ = listener.accept()
+    conn_client.sendall(b"request")
+    conn_server.sendall(b"reply")
     bound = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     bound.bind(os.path.join(workdir, "bound.sock"))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
@@ -58,6 +64,12 @@ def main() -> None:
         problems.append("seqpacket with the child")
     if os.waitpid(child, 0)[1] != 0:
         problems.append("child exit")
+    if conn_server.recv(100) != b"request" or conn_client.recv(100) != b"reply":
+        problems.append("accepted connection data")
+    if conn_client.getpeername() != os.path.join(workdir, "listen.sock"):
+        problems.append(f"client's peer name {conn_client.getpeername()!r}")
+    if conn_server.getsockname() != os.path.join(workdir, "listen.sock"):
+        problems.append(f"accepted socket's name {conn_server.getsockname()!r}")
     if listener.getsockname() != os.path.join(workdir, "listen.sock"):
         problems.append(f"listener name {listener.getsockname()!r}")
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

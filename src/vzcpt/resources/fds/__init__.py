@@ -52,6 +52,7 @@ class UnixSocketRecord:
     name: bytes  # getsockname(): b"" unnamed, b"\0..." abstract, else a path
     peer: int  # inode of its peer in the tree, 0 for none
     shutdown: int
+    peer_name: bytes = b""  # getpeername(): the listener's name for a client
     queue: list[bytes] = field(default_factory=list)  # received, not yet read, in order
     options: dict[str, int] = field(default_factory=dict)
 

@@ -1,5 +1,5 @@
-"""Unix sockets: socketpairs and connected pairs inside the tree, bound and listening sockets,
-with the messages queued in them.
+"""Unix sockets: socketpairs and connected pairs inside the tree, bound and
+listening sockets, with the messages queued in them.
 
 Kernel interfaces: sock_diag (kernel/sockdiag.py) gives each socket's type,
 state, peer (by inode) and queue lengths; getsockname() its name; recvmsg()
@@ -9,10 +9,12 @@ taking it, message boundaries kept, and shows descriptors in flight.
 At restore a connected pair is made again with socketpair() and each side's
 queue is refilled by sending from the other side, in order; a listening
 socket is bound to its name and listens with its backlog; a bound datagram
-socket is bound again. Refused at checkpoint, with a line naming process,
-descriptor and reason: sockets of other families (TCP, UDP, netlink...),
-a peer outside the tree, a pair connected through a listening socket,
-connections not yet accepted, descriptors in flight, named sockets in a VE.
+socket is bound again; a connection accepted by a listener is made again
+through a listener on that name, so both ends keep their names. Refused at
+checkpoint, with a line naming process, descriptor and reason: sockets of
+other families (TCP, UDP, netlink...), a peer outside the tree, datagram
+sockets connected to a named one, connections not yet accepted, descriptors
+in flight, named sockets in a VE.
 """
 
 from __future__ import annotations
@@ -123,18 +125,19 @@ def _record(
             "cannot checkpoint yet (unnamed pairs are fine)"
         )
     try:
-        peer_name = sock.getpeername()
+        peer = sock.getpeername()
         connected = True
     except OSError:  # ENOTCONN
-        peer_name, connected = "", False
-    if connected and (name or peer_name):
-        raise Unsupported(
-            f"{where} is connected through a listening socket, which vzcpt "
-            "cannot checkpoint yet (socketpairs are fine)"
-        )
+        peer, connected = "", False
+    peer_name = os.fsencode(peer) if isinstance(peer, str) else bytes(peer)
     if connected and not diag.peer:
         raise Unsupported(
             f"{where} is connected to a peer outside the tree, which vzcpt cannot checkpoint yet"
+        )
+    if connected and (name or peer_name) and diag.type == socket.SOCK_DGRAM:
+        raise Unsupported(
+            f"{where} is a datagram socket connected to a named one, which vzcpt "
+            "cannot checkpoint yet"
         )
     return UnixSocketRecord(
         ino=diag.ino,
@@ -145,6 +148,7 @@ def _record(
         peer=diag.peer,
         shutdown=diag.shutdown,
         queue=[] if listening else _peek_all(sock, where),
+        peer_name=peer_name,
     )
 
 
@@ -190,11 +194,22 @@ def check_peers(records: list[object]) -> None:
 
 
 def _pair_end(ctx: RestoreContext, rec: UnixSocketRecord) -> int:
-    """This end of a connected pair, made (and both queues refilled) on first use."""
+    """This end of a connected pair, made (and both queues refilled) on first use.
+
+    A pair made by socketpair() is made again so; a connection accepted by a
+    listener is made again through a listener on the same name (the tree's
+    own, or a passing one), so both ends keep their names.
+    """
     key = ("unix", rec.ino)
     if key not in ctx.local_fds:
         peer = _peer_record(ctx, rec)
-        mine, theirs = socket.socketpair(socket.AF_UNIX, rec.type)
+        listener_name = rec.peer_name or peer.peer_name
+        if listener_name:
+            client_is_me = bool(rec.peer_name)
+            client, server = _connect_through(ctx, listener_name, rec.type)
+            mine, theirs = (client, server) if client_is_me else (server, client)
+        else:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, rec.type)
         try:
             for receiver, sender in ((rec, theirs), (peer, mine)):
                 for message in receiver.queue:  # datagrams keep their boundaries
@@ -212,6 +227,40 @@ def _pair_end(ctx: RestoreContext, rec: UnixSocketRecord) -> int:
         ctx.local_fds[key] = mine.detach()
         ctx.local_fds[("unix", peer.ino)] = theirs.detach()
     return ctx.local_fds[key]
+
+
+def _connect_through(
+    ctx: RestoreContext, name: bytes, kind: int
+) -> tuple[socket.socket, socket.socket]:
+    """A (client, accepted) pair through a listener bound to `name`."""
+    from vzcpt.resources.fds.table import open_description  # the tree's own listener
+
+    own = next(
+        (
+            d
+            for d in ctx.image.records_of(FileDesc)
+            if d.socket and d.socket.listening and d.socket.name == name
+        ),
+        None,
+    )
+    passing = None
+    if own is not None:
+        listener = socket.socket(fileno=os.dup(open_description(ctx, own)))
+    else:  # the listener is gone: a passing one stands in, on the same name
+        passing = listener = socket.socket(socket.AF_UNIX, kind)
+        _bind(ctx, listener, name)
+        listener.listen(1)
+    try:
+        client = socket.socket(socket.AF_UNIX, kind)
+        client.connect(name if name.startswith(b"\0") else ctx.host_path(os.fsdecode(name)))
+        listener.setblocking(True)
+        server, _ = listener.accept()
+        return client, server
+    finally:
+        listener.close()
+        if passing is not None and not name.startswith(b"\0"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ctx.host_path(os.fsdecode(name)))
 
 
 def _peer_record(ctx: RestoreContext, rec: UnixSocketRecord) -> UnixSocketRecord:
