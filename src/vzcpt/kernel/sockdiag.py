@@ -7,7 +7,6 @@ another one (a VE's) it runs in a child that joins that namespace.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -19,8 +18,7 @@ from pyroute2.netlink.diag import (  # type: ignore[import-untyped]
     DiagSocket,
 )
 
-from vzcpt.errors import VzcptError
-from vzcpt.kernel.mounts import CLONE_NEWNET, setns
+from vzcpt.kernel.nsexec import in_namespace
 
 
 @dataclass(frozen=True)
@@ -39,30 +37,10 @@ def unix_sockets(netns_of: int | None = None) -> dict[int, UnixSock]:
     """Every unix socket of our network namespace, or of that of process `netns_of`."""
     if netns_of is None or _same_netns(netns_of):
         return _query()
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            fd = os.open(f"/proc/{netns_of}/ns/net", os.O_RDONLY)
-            setns(fd, CLONE_NEWNET)
-            data = json.dumps([asdict(s) for s in _query().values()]).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_end, view) :]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 1 << 16):
-        chunks.append(chunk)
-    os.close(read_end)
-    _, status = os.waitpid(child, 0)
-    if status != 0:
-        raise VzcptError(f"could not list the unix sockets of process {netns_of}'s network")
-    return {s["ino"]: UnixSock(**s) for s in json.loads(b"".join(chunks))}
+    found = in_namespace(
+        netns_of, "net", lambda: [asdict(s) for s in _query().values()], "list unix sockets"
+    )
+    return {s["ino"]: UnixSock(**s) for s in found}
 
 
 def _same_netns(pid: int) -> bool:

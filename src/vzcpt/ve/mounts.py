@@ -17,8 +17,9 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from vzcpt.errors import Unsupported, VzcptError
+from vzcpt.errors import Unsupported
 from vzcpt.kernel import mounts as kmounts
+from vzcpt.kernel.nsexec import in_namespace
 from vzcpt.proc import files as procfs
 from vzcpt.proc.mountinfo import parse_mountinfo
 from vzcpt.ve import rootfs
@@ -123,20 +124,9 @@ def _write_tree(root: str, entries: list[TmpfsEntry]) -> None:
 
 def _mount_in(pid: int, mount: TmpfsMount) -> None:
     """Mount a tmpfs inside the mount namespace of `pid`, from a child that joins it."""
-    ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        child = os.fork()
-        if child == 0:
-            code = 1
-            try:
-                kmounts.setns(ns, kmounts.CLONE_NEWNS)
-                os.makedirs(mount.mountpoint, exist_ok=True)
-                kmounts.mount("tmpfs", mount.mountpoint, "tmpfs", mount.flags, mount.data)
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(child, 0)
-    finally:
-        os.close(ns)
-    if status != 0:
-        raise VzcptError(f"could not mount the VE's tmpfs on {mount.mountpoint} again")
+
+    def work() -> None:
+        os.makedirs(mount.mountpoint, exist_ok=True)
+        kmounts.mount("tmpfs", mount.mountpoint, "tmpfs", mount.flags, mount.data)
+
+    in_namespace(pid, "mnt", work, f"mount the VE's tmpfs on {mount.mountpoint} again")

@@ -10,13 +10,9 @@ namespace, except the per-device trees of devices the restore makes anew.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
-from typing import Any
 
-from vzcpt.errors import VzcptError
-from vzcpt.kernel.mounts import CLONE_NEWNET, setns
+from vzcpt.kernel.nsexec import in_namespace
 
 ROOTS = ("/proc/sys/net/ipv4", "/proc/sys/net/ipv6", "/proc/sys/net/core")
 SKIP_PARTS = ("/conf/", "/neigh/", "/route/flush", "/flush")
@@ -24,16 +20,17 @@ SKIP_PARTS = ("/conf/", "/neigh/", "/route/flush", "/flush")
 
 def dump_sysctls(pid: int) -> dict[str, str]:
     """The net sysctls of process `pid`'s network namespace, by path."""
-    return _in_netns(pid, _read_all, None)
+    values: dict[str, str] = in_namespace(pid, "net", _read_all, "read the network sysctls")
+    return values
 
 
 def restore_sysctls(pid: int, values: dict[str, str]) -> None:
     """Write saved net sysctls into process `pid`'s network namespace (best effort
     for settings this kernel does not let a namespace change)."""
-    _in_netns(pid, _write_all, values)
+    in_namespace(pid, "net", lambda: _write_all(values), "write the network sysctls")
 
 
-def _read_all(_: dict[str, str] | None) -> dict[str, str]:
+def _read_all() -> dict[str, str]:
     values: dict[str, str] = {}
     for root in ROOTS:
         for dirpath, _dirs, files in os.walk(root):
@@ -49,41 +46,11 @@ def _read_all(_: dict[str, str] | None) -> dict[str, str]:
     return values
 
 
-def _write_all(values: dict[str, str] | None) -> dict[str, str]:
-    for path, value in (values or {}).items():
+def _write_all(values: dict[str, str]) -> dict[str, str]:
+    for path, value in values.items():
         try:
             with open(path, "w") as f:
                 f.write(value)
         except OSError:
             pass  # not settable here (e.g. a host-only value): keep the default
     return {}
-
-
-def _in_netns(
-    pid: int, work: Callable[[Any], dict[str, str]], arg: dict[str, str] | None
-) -> dict[str, str]:
-    """Run `work(arg)` in a child that joined the network namespace of `pid`."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            setns(os.open(f"/proc/{pid}/ns/net", os.O_RDONLY), CLONE_NEWNET)
-            data = json.dumps(work(arg)).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_end, view) :]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 1 << 16):
-        chunks.append(chunk)
-    os.close(read_end)
-    _, status = os.waitpid(child, 0)
-    if status != 0:
-        raise VzcptError(f"could not read or write the network sysctls of process {pid}")
-    result: dict[str, str] = json.loads(b"".join(chunks) or b"{}")
-    return result
