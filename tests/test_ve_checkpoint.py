@@ -117,11 +117,21 @@ def test_restore_needs_a_ve_dump(host: Host, tmp_path: Path) -> None:
 
 
 def test_every_stage_on_its_own(host: Host) -> None:
-    """suspend, dump, resume; suspend, dump, kill; undump, resume — each its own vzctl."""
+    """suspend, dump, resume; suspend, dump, kill; undump, resume — each its own vzctl.
+
+    Inside: the Python counter and a shell loop that forks a sleep each round.
+    """
     veid = host.new_veid()
     host.vzctl("create", veid, "--ipadd", address(veid))
     host.vzctl("start", veid)
     log = start_counter(host, veid)
+    host.vzctl(
+        "exec",
+        veid,
+        "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i >> /root/loop; "
+        "sleep 0.05; done' </dev/null >/dev/null 2>&1 &",
+    )
+    loop = host.paths.private(veid) / "root" / "loop"
 
     def state() -> str:
         return host.vzctl("status", veid).stdout.split()[4]
@@ -155,10 +165,14 @@ def test_every_stage_on_its_own(host: Host) -> None:
     host.vzctl("restore", veid, "--undump", "--dumpfile", host.root / "two.img")
     assert state() == "restored-frozen" and net.is_network_locked(veid)
     assert holds_still() == at_dump
+    rounds = loop.read_text().split()
     host.vzctl("restore", veid, "--resume")
     assert state() == "running"
     time.sleep(1)
     assert last_count(log) > at_dump
+    # The loop went on from where it was: no restart, no gap.
+    numbers = [int(n) for n in loop.read_text().split()]
+    assert len(numbers) > len(rounds) and numbers == list(range(1, len(numbers) + 1))
 
 
 def test_restore_on_a_second_host(host: Host, tmp_path: Path) -> None:
