@@ -97,6 +97,19 @@ def read_range(pid: int, name: str, offset: int, size: int) -> bytes:
             os.close(fd)
 
 
+def open_file(pid: int, name: str, flags: int) -> int:
+    """A descriptor on /proc/PID/NAME (pagemap, map_files/A-B, fd/N, ns/net...),
+    opened with `flags` (O_CLOEXEC added), errors mapped like read()."""
+    with _mapped(pid, name):
+        return os.open(_path(pid, name), flags | os.O_CLOEXEC)
+
+
+def stat(pid: int, name: str) -> os.stat_result:
+    """os.stat() of /proc/PID/NAME, following its link (a mapped file, a namespace)."""
+    with _mapped(pid, name):
+        return os.stat(_path(pid, name))
+
+
 def readlink(pid: int, name: str) -> str:
     """The target of the link /proc/PID/NAME ("cwd", "exe", "root", "fd/3", "ns/pid")."""
     with _mapped(pid, name):

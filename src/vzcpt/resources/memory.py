@@ -168,7 +168,7 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
         )
     else:
         vma.kind = "file"
-        vma.file_size = os.stat(f"/proc/{pid}/map_files/{e.start:x}-{e.end:x}").st_size
+        vma.file_size = procfs.stat(pid, f"map_files/{e.start:x}-{e.end:x}").st_size
     return vma
 
 

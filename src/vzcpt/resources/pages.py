@@ -22,6 +22,7 @@ import numpy as np
 
 from vzcpt.kernel import vm
 from vzcpt.kernel.vm import PAGE_SIZE
+from vzcpt.proc import files as procfs
 from vzcpt.proc.pagemap import PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP
 from vzcpt.resources.context import DumpContext
 
@@ -70,7 +71,7 @@ def _own_page_runs(pid: int, vmas: list[Mapping]) -> list[tuple[int, int]]:
     """(address, length) of every run of pages to store, across mapping boundaries."""
     zero = np.uint64(vm.zero_pfn())
     runs: list[tuple[int, int]] = []
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    fd = procfs.open_file(pid, "pagemap", os.O_RDONLY)
     try:
         for group in _contiguous(sorted(vmas, key=lambda v: v.start)):
             start, end = group[0].start, group[-1].end

@@ -22,6 +22,7 @@ from vzcpt.errors import FileChanged, Unsupported
 from vzcpt.image.schema import record
 from vzcpt.inject.remote import MAP_FIXED, MAP_SHARED, RemoteTask
 from vzcpt.kernel import nr, sysv
+from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry
 from vzcpt.resources.context import DumpContext, RestoreContext
 
@@ -51,7 +52,7 @@ def dump_object(ctx: DumpContext, pid: int, e: MapEntry, kind: str, write_pages:
     ident = ctx.next_id("shmem")
     ctx.shared[key] = ident
     owner = SHARED_OWNER + ident
-    fd = os.open(f"/proc/{pid}/map_files/{e.start:x}-{e.end:x}", os.O_RDONLY)
+    fd = procfs.open_file(pid, f"map_files/{e.start:x}-{e.end:x}", os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         for start, end in _data_extents(fd, size):
@@ -99,7 +100,9 @@ def _create_shmem(ctx: RestoreContext, obj: SharedMemRecord) -> int:
     area = mmap.mmap(-1, obj.size, flags=mmap.MAP_SHARED)
     try:
         address = int(np.frombuffer(area, dtype=np.uint8).ctypes.data)
-        fd = os.open(f"/proc/self/map_files/{address:x}-{address + obj.size:x}", os.O_RDWR)
+        fd = procfs.open_file(
+            os.getpid(), f"map_files/{address:x}-{address + obj.size:x}", os.O_RDWR
+        )
     finally:
         area.close()
     for run in ctx.image.pages_of(obj.pages_owner):

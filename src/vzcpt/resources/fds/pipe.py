@@ -15,6 +15,7 @@ import os
 import stat
 
 from vzcpt.kernel.fds import F_GETPIPE_SZ, F_SETPIPE_SZ, peek_pipe
+from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
 from vzcpt.resources.fds import FileDesc
@@ -28,7 +29,7 @@ def _peek_once(ctx: DumpContext, pid: int, fd: int, inode: int) -> tuple[bytes |
     if key in ctx.shared:
         return None, 0
     ctx.shared[key] = True
-    reader = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    reader = procfs.open_file(pid, f"fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
     try:
         return peek_pipe(reader), fcntl.fcntl(reader, F_GETPIPE_SZ)
     finally:

@@ -27,6 +27,7 @@ import stat
 
 from vzcpt.errors import Unsupported, VzcptError
 from vzcpt.kernel.sockdiag import UnixSock, unix_sockets
+from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
 from vzcpt.resources.fds import FileDesc, UnixSocketRecord
@@ -100,7 +101,7 @@ class UnixHandler:
 
 def _diag(ctx: DumpContext, pid: int) -> dict[int, UnixSock]:
     """The unix sockets of the process's network namespace, listed once per dump."""
-    key = ("unix-diag", os.stat(f"/proc/{pid}/ns/net").st_ino)
+    key = ("unix-diag", procfs.stat(pid, "ns/net").st_ino)
     if key not in ctx.shared:
         ctx.shared[key] = unix_sockets(pid)
     found: dict[int, UnixSock] = ctx.shared[key]
