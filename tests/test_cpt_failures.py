@@ -84,3 +84,24 @@ def test_terminal_is_refused_and_program_runs_on(tmp_path: Path) -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_children_that_come_and_go_while_freezing(tmp_path: Path) -> None:
+    """A shell forking short-lived children all the time: every dump succeeds."""
+    proc = subprocess.Popen(
+        ["bash", "-c", "while :; do /bin/true; done"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(0.2)
+        for n in range(8):
+            vzcpt(
+                "dump", "--pid", proc.pid, "--dumpfile", tmp_path / f"d{n}.img", "--leave-running"
+            )
+        assert proc.poll() is None
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()

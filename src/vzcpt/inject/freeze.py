@@ -10,13 +10,15 @@ can create another.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vzcpt.errors import ProcessGone, VzcptError
+from vzcpt.errors import ProcessGone, SyscallFailed, VzcptError
 from vzcpt.kernel import ptrace
 from vzcpt.proc import files as procfs
 from vzcpt.proc.stat import parse_stat
@@ -88,21 +90,13 @@ def freeze_tree(root: int, held_by: Freezer | None = None) -> FrozenTree:
                         f"the tree of process {root} contains vzcpt itself: "
                         "run vzcpt from outside the tree it checkpoints"
                     )
-                if pid not in tree.pids:
-                    tree.pids.append(pid)
-                stat = parse_stat(procfs.read(pid, "stat"))
-                if stat.state in "ZX":
-                    tree.zombies.add(pid)
-                    tree.threads.setdefault(pid, [])
-                    continue
-                if stat.state == "T" and pid not in seized:
-                    tree.job_stopped.add(pid)
-                for tid in procfs.tids(pid):
-                    if tid in seized:
-                        continue
-                    stop(tid)
-                    seized.add(tid)
-                    tree.threads.setdefault(pid, []).append(tid)
+                try:
+                    new += _seize_process(tree, pid, seized, stop)
+                except ProcessGone:
+                    if pid == root or pid in tree.threads:
+                        raise
+                    # It exited between our listing and our reaching it (a
+                    # short-lived child): its zombie, if any, is met next round.
                     new += 1
             if new == 0 or held_by is not None:
                 break
@@ -127,6 +121,36 @@ def freeze_tree(root: int, held_by: Freezer | None = None) -> FrozenTree:
     return tree
 
 
+def _seize_process(
+    tree: FrozenTree, pid: int, seized: set[int], stop: Callable[[int], None]
+) -> int:
+    """Seize the threads of `pid` not yet seized; return how many were."""
+    stat = parse_stat(procfs.read(pid, "stat"))
+    if pid not in tree.pids:
+        tree.pids.append(pid)
+    if stat.state in "ZX":
+        tree.zombies.add(pid)
+        tree.threads.setdefault(pid, [])
+        return 0
+    if stat.state == "T" and pid not in seized:
+        tree.job_stopped.add(pid)
+    count = 0
+    for tid in procfs.tids(pid):
+        if tid in seized:
+            continue
+        try:
+            stop(tid)
+        except ProcessGone:
+            if tid == pid and not tree.threads.get(pid):
+                tree.pids.remove(pid)  # the whole process went while we came
+                raise
+            continue  # a thread that ended just now
+        seized.add(tid)
+        tree.threads.setdefault(pid, []).append(tid)
+        count += 1
+    return count
+
+
 def procfs_order(root: int, pids: list[int]) -> list[int]:
     """Parents before children; processes that vanished meanwhile are dropped."""
     alive = set(pids)
@@ -139,8 +163,22 @@ def _seize_and_stop(tid: int) -> None:
 
 
 def _seize_and_interrupt(tid: int) -> None:
-    ptrace.seize(tid)
+    try:
+        ptrace.seize(tid)
+    except SyscallFailed as exc:
+        # The kernel refuses to attach to a task that is exiting: that is a
+        # task gone (its zombie is met next round), not a permission problem.
+        if exc.errno == errno.EPERM and _exiting(tid):
+            raise ProcessGone(f"task {tid} exited while being frozen") from exc
+        raise
     ptrace.interrupt(tid)
+
+
+def _exiting(tid: int) -> bool:
+    try:
+        return parse_stat(procfs.read(tid, "stat")).state in "ZXx"
+    except ProcessGone:
+        return True
 
 
 def _wait_for_stop(tid: int) -> None:
