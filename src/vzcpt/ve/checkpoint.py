@@ -63,7 +63,7 @@ def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord
     )
 
 
-def dump_suspended(
+def dump_ve(
     veid: int,
     init_pid: int,
     cfg: VeConfig,
@@ -71,41 +71,34 @@ def dump_suspended(
     cgroups: VeCgroups,
     dumpfile: str,
     stats: Stats,
+    *,
+    kill: bool,
 ) -> None:
-    """chkpnt --dump: dump a suspended VE, which stays suspended (frozen, network locked)."""
-    dump_tree(
-        init_pid,
-        dumpfile,
-        leave="running",
-        own_pid_namespace=True,
-        extra_records=[ve_record(veid, init_pid, cfg, private)],
-        stats=stats,
-        held_by=cgroups,
-    )
+    """Dump the VE, frozen by its cgroup with its network locked.
 
+    With `kill` (vzctl chkpnt) a running VE is suspended first and killed once
+    the dump is safe; a failure thaws and unlocks it, running on. Without
+    (chkpnt --dump) the VE is already suspended and stays so, whatever happens.
+    """
 
-def checkpoint(
-    veid: int,
-    init_pid: int,
-    cfg: VeConfig,
-    private: str,
-    cgroups: VeCgroups,
-    dumpfile: str,
-    stats: Stats,
-) -> None:
-    """Suspend, dump and kill the VE; on failure it runs on, network unlocked."""
-    net.lock_network(veid)
-    try:
-        cgroups.freeze()
+    def dump() -> None:
         dump_tree(
             init_pid,
             dumpfile,
-            leave="kill",
+            leave="kill" if kill else "running",
             own_pid_namespace=True,
             extra_records=[ve_record(veid, init_pid, cfg, private)],
             stats=stats,
             held_by=cgroups,
         )
+
+    if not kill:
+        dump()
+        return
+    net.lock_network(veid)
+    try:
+        cgroups.freeze()
+        dump()
     except BaseException:
         cgroups.thaw()
         net.unlock_network(veid)

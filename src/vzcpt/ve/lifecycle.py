@@ -171,25 +171,7 @@ class VE:
 
     def chkpnt(self, dumpfile: str | None = None, stats: Stats | None = None) -> str:
         """Suspend, dump and kill the VE (vzctl chkpnt); return the dump file's path."""
-        with VeLock(self.paths, self.veid):
-            rec = self.state()
-            check_transition("chkpnt", rec.state, self.veid)
-            assert rec.init_pid is not None
-            path = dumpfile or str(self.paths.default_dumpfile(self.veid))
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            checkpoint.checkpoint(
-                self.veid,
-                rec.init_pid,
-                self.config(),
-                str(self.paths.private(self.veid)),
-                VeCgroups(self.veid),
-                path,
-                stats or Stats(),
-            )
-            self._cleanup_after_init()
-            rec.dumpfile = path
-            commit_transition(self.paths, rec, "chkpnt")
-            return path
+        return self._dump("chkpnt", dumpfile, stats)
 
     def restore(
         self, dumpfile: str | None = None, stats: Stats | None = None, *, frozen: bool = False
@@ -236,13 +218,17 @@ class VE:
 
     def dump(self, dumpfile: str | None = None, stats: Stats | None = None) -> str:
         """chkpnt --dump: save a suspended VE; it stays suspended."""
+        return self._dump("dump", dumpfile, stats)
+
+    def _dump(self, op: str, dumpfile: str | None, stats: Stats | None) -> str:
         with VeLock(self.paths, self.veid):
             rec = self.state()
-            check_transition("dump", rec.state, self.veid)
+            check_transition(op, rec.state, self.veid)
             assert rec.init_pid is not None
             path = dumpfile or str(self.paths.default_dumpfile(self.veid))
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            checkpoint.dump_suspended(
+            kill = op == "chkpnt"
+            checkpoint.dump_ve(
                 self.veid,
                 rec.init_pid,
                 self.config(),
@@ -250,9 +236,12 @@ class VE:
                 VeCgroups(self.veid),
                 path,
                 stats or Stats(),
+                kill=kill,
             )
+            if kill:
+                self._cleanup_after_init()
             rec.dumpfile = path
-            commit_transition(self.paths, rec, "dump")
+            commit_transition(self.paths, rec, op)
             return path
 
     def kill(self) -> None:
