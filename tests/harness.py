@@ -22,6 +22,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,13 @@ class Program:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def reap_when_dead(self) -> threading.Thread:
+        """Reap the original child as soon as it dies, from a thread, the way
+        a parent that waits for its children would; return that thread."""
+        reaper = threading.Thread(target=self._popen.wait, daemon=True)
+        reaper.start()
+        return reaper
 
     def _reap(self) -> None:
         """Reap the original child once it died (a zombie would keep its pid

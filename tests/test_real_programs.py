@@ -328,14 +328,21 @@ def test_sleep_still_sleeping(tmp_path: Path) -> None:
 
 
 def test_one_gib(tmp_path: Path) -> None:
-    """A C program holding 1 GiB of pseudo-random data finds every byte again."""
+    """A C program holding 1 GiB of pseudo-random data finds every byte again.
+
+    The restore follows the dump at once: `vzcpt dump` does not wait for the
+    killed original to finish tearing down its gigabyte, so the restore finds
+    it still dying on its pid and waits for it.
+    """
     with Program.start("mem_big", "1024", tmp_path=tmp_path) as prog:
         prog.wait_ready(timeout=40)
         dump = tmp_path / "dump.img"
+        reaper = prog.reap_when_dead()
         vzcpt("dump", "--pid", str(prog.pid), "--dumpfile", dump)
-        prog.wait_gone()
         assert dump.stat().st_size >= 1 << 30
         assert restore(dump) == prog.pid
+        reaper.join(timeout=10)
+        assert not reaper.is_alive(), "the original was never reaped"
         assert prog.verify(timeout=30) == "OK"
 
 

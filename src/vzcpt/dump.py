@@ -49,12 +49,15 @@ def dump_tree(
     own_pid_namespace: bool = False,
     extra_records: list[object] | None = None,
     held_by: Freezer | None = None,
+    await_exit: bool = True,
 ) -> Stats:
     """Save the tree rooted at `root` into `dumpfile` ("-" for standard output).
 
     With `held_by`, the tree is frozen by that cgroup freezer (a suspended
     VE): it is seized as it is, and if it is not killed it is left frozen
     again, whatever happens.
+    Without `await_exit`, a killed tree may still be dying when we return
+    (for a caller that exits next: restore waits for pids of dying tasks).
     """
     stats = stats or Stats()
     started = time.monotonic()
@@ -94,7 +97,10 @@ def dump_tree(
     if leave != "running":
         # The tree is let go (killed or stopped) only once its dump is safe.
         stats.add_time("frozen", time.monotonic() - tree.frozen_at)
-        {"kill": tree.kill, "stopped": tree.leave_stopped}[leave]()
+        if leave == "kill":
+            tree.kill(wait=await_exit)
+        else:
+            tree.leave_stopped()
     stats.add_time("total", time.monotonic() - started)
     return stats
 

@@ -68,6 +68,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 leave=leave,
                 compress=args.compress,
                 stats=Stats(on_progress=progress),
+                await_exit=False,  # we exit next; the kernel finishes the teardown
             )
         finally:
             progress.done()

@@ -55,11 +55,18 @@ class FrozenTree:
                 _kill_quietly(pid, signal.SIGSTOP)
         self.resume()
 
-    def kill(self) -> None:
-        """Kill the tree and consume the exit reports owed to us as tracer."""
+    def kill(self, *, wait: bool = True) -> None:
+        """Kill the tree; with `wait`, consume the exit reports owed to us as
+        tracer, so that its pids are free when we return.
+
+        A caller about to exit need not wait: tearing down a large address
+        space takes a while, and when the tracer exits the kernel hands the
+        dying tasks on to their parents by itself.
+        """
         for pid in self.pids:
             _kill_quietly(pid, signal.SIGKILL)
-        reap_tracees(self.all_tids())
+        if wait:
+            reap_tracees(self.all_tids())
 
 
 class Freezer(Protocol):

@@ -47,6 +47,9 @@ def orphaned_ids(procs: list[ProcessRecord], root: int) -> set[int]:
     return {i for p in procs for i in (p.sid, p.pgid) if i not in pids and i not in outside}
 
 
+PF_EXITING = 0x4  # task flag (stat field 9): in do_exit(), its pid soon free
+
+
 def check_ids(procs: list[ProcessRecord], root: int) -> None:
     """Refuse, before creating anything, a pid the tree needs that is taken."""
     wanted = [(p.pid, p.pid) for p in procs]
@@ -62,15 +65,17 @@ def check_ids(procs: list[ProcessRecord], root: int) -> None:
 
 
 def _free_soon(pid: int, patience: float = 3.0) -> bool:
-    """Is the pid free? A zombie (the dumped original not yet reaped by its
-    parent) gets a few seconds to go away."""
+    """Is the pid free? A task that is dying or dead (the dumped original,
+    still tearing down its memory or not yet reaped by its parent) gets a few
+    seconds to go away."""
     deadline = time.monotonic() + patience
     while True:
         try:
-            state = parse_stat(procfs.read(pid, "stat")).state
+            stat = parse_stat(procfs.read(pid, "stat"))
         except VzcptError:
             return True
-        if state not in "ZX" or time.monotonic() > deadline:
+        dying = stat.state in "ZX" or stat.flags & PF_EXITING
+        if not dying or time.monotonic() > deadline:
             return False
         time.sleep(0.01)
 
