@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 from typing import Any
 
 from vzcpt.errors import ProcessGone, SyscallFailed
@@ -60,3 +61,39 @@ def own_personality() -> int:
 def own_securebits() -> int:
     PR_GET_SECUREBITS = 27
     return check(int(libc.prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)), "PR_GET_SECUREBITS")
+
+
+class _PyBuffer(ctypes.Structure):
+    # CPython's Py_buffer (Include/pybuffer.h); only `buf` is read.
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.py_object),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+
+
+def buffer_address(data: bytes | bytearray | memoryview | mmap.mmap) -> int:
+    """The address of the first byte of a contiguous buffer, read-only ones
+    included (ctypes' from_buffer takes only writable ones: an mmap of the
+    dump file is not). Valid while the caller holds `data`."""
+    view = _PyBuffer()
+    if _get_buffer(data, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE: contiguous bytes
+        raise ValueError("not a contiguous buffer")
+    try:
+        return int(view.buf or 0)
+    finally:
+        _release_buffer(ctypes.byref(view))

@@ -8,15 +8,12 @@ write that must go through page protections (FOLL_FORCE).
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 from collections.abc import Sequence
 
-import numpy as np
-
 from vzcpt.errors import SyscallFailed
 from vzcpt.kernel import nr
-from vzcpt.kernel.libc import syscall
+from vzcpt.kernel.libc import buffer_address, syscall
 
 IOV_MAX = 1024
 MAX_CALL_BYTES = 1 << 30
@@ -24,11 +21,6 @@ MAX_CALL_BYTES = 1 << 30
 
 class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-def _buffer_address(buf: bytearray | memoryview, offset: int) -> int:
-    # numpy gives the address of read-only buffers too (an mmap of the dump file).
-    return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data) + offset
 
 
 def read_ranges(
@@ -56,7 +48,7 @@ def _transfer(
     for first in range(0, len(ranges), IOV_MAX):
         chunk = ranges[first : first + IOV_MAX]
         total = sum(length for _, length in chunk)
-        local = IoVec(_buffer_address(buf, offset + done), total)
+        local = IoVec(buffer_address(buf) + offset + done, total)
         remote = (IoVec * len(chunk))(*(IoVec(addr, length) for addr, length in chunk))
         moved = syscall(
             call,
@@ -96,7 +88,7 @@ def write_runs(pid: int, runs: Sequence[tuple[int, memoryview]]) -> int:
 
 
 def _write_chunk(pid: int, chunk: list[tuple[int, memoryview]], total: int) -> int:
-    local = (IoVec * len(chunk))(*(IoVec(_buffer_address(d, 0), len(d)) for _, d in chunk))
+    local = (IoVec * len(chunk))(*(IoVec(buffer_address(d), len(d)) for _, d in chunk))
     remote = (IoVec * len(chunk))(*(IoVec(a, len(d)) for a, d in chunk))
     moved = syscall(
         nr.PROCESS_VM_WRITEV,
@@ -134,30 +126,3 @@ def write_mem(pid: int, address: int, data: bytes) -> None:
 
 
 PAGE_SIZE = 4096
-
-
-def pagemap(pid: int, start: int, end: int) -> bytes:
-    """The raw /proc/PID/pagemap entries (8 bytes a page) for [start, end)."""
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
-    try:
-        return os.pread(fd, (end - start) // PAGE_SIZE * 8, start // PAGE_SIZE * 8)
-    finally:
-        os.close(fd)
-
-
-_zero_pfn: int | None = None
-
-
-def zero_pfn() -> int:
-    """The frame number of the kernel's shared zero page (read-faulted, never written)."""
-    global _zero_pfn
-    if _zero_pfn is None:
-        area = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        try:
-            _ = area[0]  # a read fault maps the zero page
-            address = int(np.frombuffer(area, dtype=np.uint8).ctypes.data)
-            entry = int.from_bytes(pagemap(os.getpid(), address, address + PAGE_SIZE), "little")
-            _zero_pfn = entry & ((1 << 55) - 1)
-        finally:
-            area.close()
-    return _zero_pfn

@@ -1,15 +1,15 @@
 """The pages of private mappings that belong to the process itself.
 
-Kernel interfaces: /proc/PID/pagemap says, page by page, whether a page is
-present or swapped, whether it is still the file's (PM_FILE) and which frame
-it is in (root sees frame numbers: the shared zero page is recognised by
-its frame); process_vm_readv copies many ranges in one call.
+Kernel interfaces: the PAGEMAP_SCAN ioctl on /proc/PID/pagemap
+(kernel/pagescan.py) lists the runs of pages that are present or swapped,
+not the file's (a private file mapping's pages copied on write are the
+process's own) and not the shared zero page; process_vm_readv copies many
+ranges in one call.
 
-Stored: present or swapped pages of anonymous mappings that are not the
-zero page, and the copied-on-write pages of private file mappings; of those,
-pages whose content is all zeros are skipped. Adjacent mappings are read as
-one range, so a process with thousands of small mappings costs a few large
-reads and frames, not thousands of small ones.
+Stored: those pages, except the ones whose content is all zeros. Adjacent
+mappings are scanned and read as one range, so a process with thousands of
+small mappings costs a few large reads and frames, not thousands of small
+ones.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-import numpy as np
-
-from vzcpt.kernel import vm
+from vzcpt.kernel import pagescan, vm
 from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
-from vzcpt.proc.pagemap import PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP
 from vzcpt.resources.context import DumpContext
 
 BATCH_BYTES = 16 << 20  # pages copied per process_vm_readv round
@@ -69,23 +66,18 @@ def dump_private_pages(ctx: DumpContext, pid: int, vmas: list[Mapping]) -> None:
 
 def _own_page_runs(pid: int, vmas: list[Mapping]) -> list[tuple[int, int]]:
     """(address, length) of every run of pages to store, across mapping boundaries."""
-    zero = np.uint64(vm.zero_pfn())
     runs: list[tuple[int, int]] = []
     fd = procfs.open_file(pid, "pagemap", os.O_RDONLY)
     try:
         for group in _contiguous(sorted(vmas, key=lambda v: v.start)):
-            start, end = group[0].start, group[-1].end
-            entries = np.frombuffer(
-                os.pread(fd, (end - start) // PAGE_SIZE * 8, start // PAGE_SIZE * 8), dtype="<u8"
+            found = pagescan.scan(
+                fd,
+                group[0].start,
+                group[-1].end,
+                anyof=pagescan.PAGE_IS_PRESENT | pagescan.PAGE_IS_SWAPPED,
+                without=pagescan.PAGE_IS_FILE | pagescan.PAGE_IS_PFNZERO,
             )
-            present = (entries & np.uint64(PM_PRESENT | PM_SWAP)) != 0
-            own = (entries & np.uint64(PM_PFN_MASK)) != zero  # not the shared zero page
-            own |= (entries & np.uint64(PM_SWAP)) != 0
-            for vma in group:
-                if vma.kind == "file":  # only pages copied on write are the process's own
-                    first, last = (vma.start - start) // PAGE_SIZE, (vma.end - start) // PAGE_SIZE
-                    own[first:last] = (entries[first:last] & np.uint64(PM_FILE)) == 0
-            runs += [(start + a * PAGE_SIZE, n * PAGE_SIZE) for a, n in mask_runs(present & own)]
+            runs += [(start, end - start) for start, end in found]
     finally:
         os.close(fd)
     return runs
@@ -108,15 +100,6 @@ def _store(ctx: DumpContext, pid: int, ranges: list[tuple[int, int]], buf: memor
         offset += length
 
 
-def mask_runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """(first index, length) of every run of True in a boolean array."""
-    if not mask.any():
-        return []
-    padded = np.concatenate(([False], mask, [False]))
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
-
-
 def _buffer(ctx: DumpContext, which: int, length: int) -> memoryview:
     """One of our two reusable page buffers."""
     key = ("page-buffer", which)
@@ -129,18 +112,34 @@ def _buffer(ctx: DumpContext, which: int, length: int) -> memoryview:
 
 def write_nonzero(ctx: DumpContext, owner: int, address: int, buf: bytearray | memoryview) -> None:
     """Write the pages of buf that are not all zeros, as runs."""
-    pages = np.frombuffer(buf, dtype="<u8").reshape(-1, PAGE_SIZE // 8)
-    # Most pages give themselves away by their first or last word; only the
-    # rest are read whole.
-    nonzero: np.ndarray = (pages[:, 0] != 0) | (pages[:, -1] != 0)
-    doubtful = np.flatnonzero(~nonzero)
-    if len(doubtful):
-        nonzero[doubtful] = pages[doubtful].any(axis=1)
-    ctx.stats.pages_zero += int(len(nonzero) - int(nonzero.sum()))
     view = memoryview(buf)
-    for first, count in mask_runs(nonzero):
-        data = view[first * PAGE_SIZE : (first + count) * PAGE_SIZE]
-        ctx.writer.write_pages(owner, address + first * PAGE_SIZE, data)
-        ctx.stats.pages += count
-        ctx.stats.bytes += count * PAGE_SIZE
+    zero = _zero_pages(view)
+    ctx.stats.pages_zero += len(zero)
+    first = 0
+    for stop in [*zero, len(view) // PAGE_SIZE]:
+        if stop > first:
+            data = view[first * PAGE_SIZE : stop * PAGE_SIZE]
+            ctx.writer.write_pages(owner, address + first * PAGE_SIZE, data)
+            ctx.stats.pages += stop - first
+            ctx.stats.bytes += (stop - first) * PAGE_SIZE
+        first = stop + 1
     ctx.stats.progress("dumping memory")
+
+
+ZERO_PAGE = bytes(PAGE_SIZE)
+WORDS = PAGE_SIZE // 8
+
+
+def _zero_pages(view: memoryview) -> list[int]:
+    """Indexes of the pages of `view` whose bytes are all zeros, in order.
+
+    Most pages give themselves away by their first or last word; only the
+    rest are compared whole.
+    """
+    words = view.cast("B").cast("Q")
+    firsts, lasts = words[::WORDS].tolist(), words[WORDS - 1 :: WORDS].tolist()
+    return [
+        n
+        for n, (head, tail) in enumerate(zip(firsts, lasts, strict=True))
+        if not head and not tail and view[n * PAGE_SIZE : (n + 1) * PAGE_SIZE] == ZERO_PAGE
+    ]

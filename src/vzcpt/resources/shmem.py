@@ -16,12 +16,11 @@ import mmap
 import os
 from dataclasses import dataclass
 
-import numpy as np
-
 from vzcpt.errors import FileChanged, Unsupported
 from vzcpt.image.schema import record
 from vzcpt.inject.remote import MAP_FIXED, MAP_SHARED, RemoteTask
 from vzcpt.kernel import nr, sysv
+from vzcpt.kernel.libc import buffer_address
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry
 from vzcpt.resources.context import DumpContext, RestoreContext
@@ -99,7 +98,7 @@ def _create_shmem(ctx: RestoreContext, obj: SharedMemRecord) -> int:
     """A new shared anonymous object holding the saved pages; return our fd on it."""
     area = mmap.mmap(-1, obj.size, flags=mmap.MAP_SHARED)
     try:
-        address = int(np.frombuffer(area, dtype=np.uint8).ctypes.data)
+        address = buffer_address(area)
         fd = procfs.open_file(
             os.getpid(), f"map_files/{address:x}-{address + obj.size:x}", os.O_RDWR
         )

@@ -1,0 +1,72 @@
+"""Which pages a dump stores: the kernel's page scan and the all-zeros check,
+on real mappings of this very process."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from pathlib import Path
+
+from vzcpt.kernel import pagescan
+from vzcpt.kernel.libc import buffer_address
+from vzcpt.resources.pages import _zero_pages
+
+PAGE = mmap.PAGESIZE
+OWN = {"anyof": pagescan.PAGE_IS_PRESENT | pagescan.PAGE_IS_SWAPPED}
+NOT_SHARED = pagescan.PAGE_IS_FILE | pagescan.PAGE_IS_PFNZERO
+
+
+def own_runs(area: mmap.mmap) -> list[tuple[int, int]]:
+    """Runs stored for `area`, as (first page, pages) relative to its start."""
+    start = buffer_address(area)
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        found = pagescan.scan(fd, start, start + len(area), without=NOT_SHARED, **OWN)
+    finally:
+        os.close(fd)
+    return [((a - start) // PAGE, (b - a) // PAGE) for a, b in found]
+
+
+def test_scan_skips_untouched_and_zero_page_reads() -> None:
+    area = mmap.mmap(-1, 8 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        area[0 * PAGE] = area[1 * PAGE] = area[5 * PAGE] = 1  # written: the process's own
+        _ = area[3 * PAGE]  # read only: the shared zero page
+        assert own_runs(area) == [(0, 2), (5, 1)]
+    finally:
+        area.close()
+
+
+def test_scan_of_private_file_mapping_keeps_only_copied_pages(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(b"x" * 4 * PAGE)
+    with open(path, "r+b") as f:
+        area = mmap.mmap(f.fileno(), 4 * PAGE, flags=mmap.MAP_PRIVATE)
+    try:
+        _ = area[0], area[PAGE], area[3 * PAGE]  # read: still the file's pages
+        area[2 * PAGE] = ord("y")  # copied on write: the process's own
+        assert own_runs(area) == [(2, 1)]
+    finally:
+        area.close()
+
+
+def test_zero_pages_are_found_whatever_their_edges() -> None:
+    buf = bytearray(b"\x01" * 6 * PAGE)
+    buf[1 * PAGE : 2 * PAGE] = bytes(PAGE)  # all zeros
+    buf[3 * PAGE : 4 * PAGE] = bytes(PAGE)
+    buf[3 * PAGE + PAGE // 2] = 7  # zero first and last words, but not all zeros
+    buf[5 * PAGE : 6 * PAGE] = bytes(PAGE)
+    assert _zero_pages(memoryview(buf)) == [1, 5]
+
+
+def test_buffer_address_of_read_only_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "ro"
+    path.write_bytes(b"abc" + bytes(PAGE - 3))
+    with open(path, "rb") as f:
+        area = mmap.mmap(f.fileno(), PAGE, prot=mmap.PROT_READ)
+    try:
+        with memoryview(area)[1:] as view:
+            assert ctypes.string_at(buffer_address(view), 2) == b"bc"
+    finally:
+        area.close()
