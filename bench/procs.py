@@ -187,3 +187,16 @@ def reap_orphans() -> None:
             return
         if pid == 0:
             return
+
+
+def timed_syncfs(path: Path) -> float:
+    """Seconds that syncfs(2) takes to write back the file system holding `path`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        started = time.monotonic()
+        if libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs of {path}")
+        return time.monotonic() - started
+    finally:
+        os.close(fd)

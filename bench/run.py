@@ -60,6 +60,7 @@ class RunResult:
     case: str
     tool: str
     dump: float | None = None
+    durable: float | None = None  # dump, then until its files are on disk
     frozen: float | None = None
     restore: float | None = None
     size: int | None = None
@@ -67,7 +68,7 @@ class RunResult:
     restore_error: str | None = None  # a failed restore, or a restored tree that is wrong
 
 
-METRICS = ("dump", "frozen", "restore", "size")
+METRICS = ("dump", "durable", "frozen", "restore", "size")
 
 
 class Interrupted(Exception):
@@ -111,6 +112,10 @@ def one_run(tool: Tool, case: Case, holder: Path, tmp: Path) -> RunResult:
             res.dump_error = str(exc)
             return res
         res.dump, res.frozen, res.size = dumped.wall, dumped.frozen, dumped.size
+        # vzcpt's dump is on disk when the command returns (it syncs before it
+        # kills); CRIU's is in the page cache. Timing a syncfs right after puts
+        # both on the footing of a dump that survives a power cut.
+        res.durable = dumped.wall + procs.timed_syncfs(work)
         # The dump killed the tree; its pids must be free before the restore takes them.
         try:
             # Through Popen too: it must know the holder is gone, or it would later reap
@@ -334,7 +339,12 @@ def log(line: str) -> None:
 def progress(r: RunResult) -> str:
     if r.dump_error:
         return f"dump FAILED: {r.dump_error}"
-    parts = [f"dump {r.dump:.3f} s", f"frozen {r.frozen:.3f} s", f"size {(r.size or 0) >> 20} MiB"]
+    parts = [
+        f"dump {r.dump:.3f} s",
+        f"durable {r.durable:.3f} s",
+        f"frozen {r.frozen:.3f} s",
+        f"size {(r.size or 0) >> 20} MiB",
+    ]
     if r.restore_error:
         parts.append(f"restore FAILED: {r.restore_error}")
     else:

@@ -97,3 +97,13 @@ def buffer_address(data: bytes | bytearray | memoryview | mmap.mmap) -> int:
         return int(view.buf or 0)
     finally:
         _release_buffer(ctypes.byref(view))
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): start writing the
+    file's dirty pages to disk, without waiting and without a journal commit."""
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    check(int(libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)), "sync_file_range")
