@@ -9,8 +9,8 @@ A failed dump unlocks the network and leaves the VE running.
 restore: the VE's root is mounted and its cgroups made as at start; a
 launcher unshares the VE's namespaces and makes the seed of the restore its
 pid 1, inside the VE's root with its hostname; the host gives it its veth,
-locked, and its /dev/shm files and System V IPC objects (same ids) come
-back; the engine turns the seed into the saved init and rebuilds every
+locked, and its /dev/shm files, System V IPC objects (same ids) and POSIX
+message queues come back; the engine turns the seed into the saved init and rebuilds every
 process under it; then the network is unlocked. A failed restore removes
 everything it built.
 """
@@ -24,7 +24,7 @@ from vzcpt.dump import dump_tree
 from vzcpt.errors import VzcptError
 from vzcpt.image.schema import record
 from vzcpt.image.stream import open_dump
-from vzcpt.resources import sysvipc
+from vzcpt.resources import mqueue, sysvipc
 from vzcpt.resources.context import Stats
 from vzcpt.restore import restore_tree
 from vzcpt.restore.seed import become_seed
@@ -47,6 +47,7 @@ class VeRecord:
     network: list[net.Iface]
     mounts: list[TmpfsMount] = field(default_factory=list)  # /dev/shm and its own tmpfs
     ipc: sysvipc.IpcRecord | None = None  # the System V objects of its IPC namespace
+    mqueues: mqueue.MqRecord | None = None  # the POSIX message queues of its IPC namespace
     sysctls: dict[str, str] = field(default_factory=dict)  # its network namespace's
 
 
@@ -59,6 +60,7 @@ def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord
         network=net.read_network(init_pid),
         mounts=dump_mounts(init_pid, private),
         ipc=sysvipc.dump_ipc(init_pid),
+        mqueues=mqueue.dump_mqueues(init_pid),
         sysctls=dump_sysctls(init_pid),
     )
 
@@ -141,6 +143,8 @@ def restore(
         restore_mounts(pid, ve.mounts)
         if ve.ipc is not None:  # before any process attaches a segment again
             sysvipc.restore_ipc(pid, ve.ipc)
+        if ve.mqueues is not None:  # before any process opens one again
+            mqueue.restore_mqueues(pid, ve.mqueues)
         return pid
 
     try:
