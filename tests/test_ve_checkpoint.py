@@ -238,31 +238,3 @@ def test_system_v_ipc_of_a_ve(host: Host) -> None:
         assert time.monotonic() < deadline, "no verdict"
         time.sleep(0.1)
     assert report.read_text().splitlines()[-1] == "OK", report.read_text()
-
-
-def test_mounts_the_ve_made(host: Host) -> None:
-    """A tmpfs the VE mounted comes back with its files; any other mount is refused."""
-    veid = host.new_veid()
-    host.vzctl("create", veid)
-    host.vzctl("start", veid)
-    host.vzctl(
-        "exec",
-        veid,
-        "mkdir -p /mnt/scratch && mount -t tmpfs -o size=4m,mode=750 "
-        "scratch /mnt/scratch && mkdir /mnt/scratch/sub && echo data > /mnt/scratch/sub/f",
-    )
-    host.vzctl("chkpnt", veid)
-    host.vzctl("restore", veid)
-    inside = host.vzctl(
-        "exec",
-        veid,
-        "cat /mnt/scratch/sub/f; stat -c %a /mnt/scratch; "
-        "grep ' /mnt/scratch ' /proc/self/mountinfo",
-    ).stdout.splitlines()
-    assert inside[0] == "data" and inside[1] == "750"
-    assert "tmpfs" in inside[2] and "size=4096k" in inside[2]
-    # A bind mount is not something vzcpt can save yet: refused, the VE runs on.
-    host.vzctl("exec", veid, "mkdir -p /mnt/b && mount --bind /etc /mnt/b")
-    result = host.vzctl("chkpnt", veid, check=False)
-    assert result.returncode != 0 and "/mnt/b" in result.stderr, result.stderr
-    assert host.vzctl("status", veid).stdout.split()[4] == "running"

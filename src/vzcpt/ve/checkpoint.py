@@ -32,7 +32,7 @@ from vzcpt.ve import net
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig
 from vzcpt.ve.launch import launch_pid1
-from vzcpt.ve.mounts import TmpfsMount, dump_mounts, restore_mounts
+from vzcpt.ve.mounts import VeMount, dump_mounts, restore_mounts
 from vzcpt.ve.sysctl import dump_sysctls, restore_sysctls
 
 
@@ -45,7 +45,7 @@ class VeRecord:
     config: str  # the VE's config file as it was
     hostname: str
     network: list[net.Iface]
-    mounts: list[TmpfsMount] = field(default_factory=list)  # /dev/shm and its own tmpfs
+    mounts: list[VeMount] = field(default_factory=list)  # in mount order (ve/mounts.py)
     ipc: sysvipc.IpcRecord | None = None  # the System V objects of its IPC namespace
     mqueues: mqueue.MqRecord | None = None  # the POSIX message queues of its IPC namespace
     sysctls: dict[str, str] = field(default_factory=dict)  # its network namespace's
