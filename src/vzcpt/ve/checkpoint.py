@@ -6,7 +6,8 @@ know, together with a `VeRecord` (its config and network), and killed once
 the dump is safe on disk; then its network, cgroups and root are taken down.
 A failed dump unlocks the network and leaves the VE running.
 
-restore: the VE's root is mounted and its cgroups made as at start; a
+restore: the VE's root is mounted and its cgroups made with the limits it
+had (as at start, plus any set without --save since); a
 launcher unshares the VE's namespaces and makes the seed of the restore its
 pid 1, inside the VE's root with its hostname; the host gives it its veth,
 locked, and its /dev/shm files, System V IPC objects (same ids) and POSIX
@@ -49,9 +50,14 @@ class VeRecord:
     ipc: sysvipc.IpcRecord | None = None  # the System V objects of its IPC namespace
     mqueues: mqueue.MqRecord | None = None  # the POSIX message queues of its IPC namespace
     sysctls: dict[str, str] = field(default_factory=dict)  # its network namespace's
+    # The cgroup limits in force (those set without --save too): ram_bytes,
+    # swap_bytes, cpus, numproc; None is unlimited.
+    limits: dict[str, float | None] = field(default_factory=dict)
 
 
-def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord:
+def ve_record(
+    veid: int, init_pid: int, cfg: VeConfig, private: str, cgroups: VeCgroups
+) -> VeRecord:
     """Taken while the VE is frozen, so that it matches the processes."""
     return VeRecord(
         veid=veid,
@@ -62,6 +68,7 @@ def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord
         ipc=sysvipc.dump_ipc(init_pid),
         mqueues=mqueue.dump_mqueues(init_pid),
         sysctls=dump_sysctls(init_pid),
+        limits=cgroups.read_limits(),
     )
 
 
@@ -89,7 +96,7 @@ def dump_ve(
             dumpfile,
             leave="kill" if kill else "running",
             own_pid_namespace=True,
-            extra_records=[ve_record(veid, init_pid, cfg, private)],
+            extra_records=[ve_record(veid, init_pid, cfg, private, cgroups)],
             stats=stats,
             held_by=cgroups,
         )
@@ -135,6 +142,8 @@ def restore(
     With `frozen` (restore --undump) it is left frozen with its network locked.
     """
     hostname = cfg.hostname or ve.hostname
+    if ve.limits:  # as they were, not only as the config says: before anything runs
+        cgroups.apply_limits(ve.limits)
 
     def launch_init(channel_fd: int, theirs: socket.socket) -> int:
         pid = _launch_seed(root, hostname, cgroups, channel_fd, theirs)
