@@ -34,7 +34,8 @@ def bound_here(abstract: bytes) -> bool:
 
 def test_named_unix_sockets_of_a_ve(host: Host) -> None:
     """A server on a path (under a tmpfs the VE mounted) and on an abstract name, with a
-    connected client, through vzctl chkpnt and restore, checked from inside."""
+    connected client, and datagram sockets (one in /dev, which start makes anew),
+    through vzctl chkpnt and restore, checked from inside."""
     veid = host.new_veid()
     host.vzctl("create", veid)
     host.vzctl("start", veid)
@@ -46,7 +47,7 @@ def test_named_unix_sockets_of_a_ve(host: Host) -> None:
         veid,
         "mkdir -p /run/app && mount -t tmpfs app /run/app && "
         f"setsid python3 /root/named_unix.py /root/report /run/app/app.sock {name} "
-        "/root/dgram.sock </dev/null >/root/log 2>&1 &",
+        "/root/dgram.sock /dev/vzcpt-log </dev/null >/root/log 2>&1 &",
     )
     report = root / "report"
     assert "READY" in wait_for(report, "READY", "FAIL"), (root / "log").read_text()

@@ -1,9 +1,10 @@
 """Named unix sockets across a checkpoint, checked from inside (a VE's programs).
 
-    named_unix.py REPORT PATH ABSTRACT DGRAM
+    named_unix.py REPORT PATH ABSTRACT DGRAM LOG
 
 A server listening on PATH (mode 0660) and on the abstract name ABSTRACT,
-a datagram socket bound to DGRAM with two datagrams waiting, and a child
+a datagram socket bound to DGRAM with two datagrams waiting, one bound to
+LOG (mode 0666, as /dev/log: a file restore has to make anew), and a child
 process connected to both listeners; each side of both connections has
 data waiting. Writes READY; on SIGUSR1 (to the server, which passes it on)
 both check names, waiting data, fresh connections by name, and write OK or
@@ -50,7 +51,7 @@ def client(path: str, abstract: bytes, ready: socket.socket) -> int:
 
 
 def main() -> None:
-    report_path, path, abstract_name, dgram_path = sys.argv[1:5]
+    report_path, path, abstract_name, dgram_path, log_path = sys.argv[1:6]
     abstract = b"\0" + abstract_name.encode()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     by_path = socket.socket(socket.AF_UNIX)
@@ -65,6 +66,9 @@ def main() -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.sendto(b"first", dgram_path)
         sender.sendto(b"second", dgram_path)
+    log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    log.bind(log_path)
+    os.chmod(log_path, 0o666)
     ready_r, ready_w = socket.socketpair()
     child = os.fork()
     if child == 0:
@@ -94,8 +98,15 @@ def main() -> None:
     ):
         if sock.getsockname() != name:
             problems.append(f"name {sock.getsockname()!r}, want {name!r}")
-    if stat.S_IMODE(os.stat(path).st_mode) != 0o660:
-        problems.append(f"socket file mode {stat.S_IMODE(os.stat(path).st_mode):o}")
+    for name, mode in ((path, 0o660), (log_path, 0o666)):
+        if stat.S_IMODE(os.stat(name).st_mode) != mode:
+            problems.append(f"{name} has mode {stat.S_IMODE(os.stat(name).st_mode):o}")
+    if log.getsockname() != log_path:
+        problems.append(f"log socket name {log.getsockname()!r}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"logged", log_path)
+    if log.recv(100) != b"logged":
+        problems.append("the log socket")
     dgram.setblocking(False)
     try:
         if [dgram.recv(100), dgram.recv(100)] != [b"first", b"second"]:

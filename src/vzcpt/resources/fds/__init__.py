@@ -56,6 +56,10 @@ class UnixSocketRecord:
     peer_name: bytes = b""  # getpeername(): the listener's name for a client
     queue: list[bytes] = field(default_factory=list)  # received, not yet read, in order
     options: dict[str, int] = field(default_factory=dict)
+    # The socket file at a path name, as it was: mode (0: none found), owner.
+    file_mode: int = 0
+    file_uid: int = 0
+    file_gid: int = 0
 
 
 @record("file")

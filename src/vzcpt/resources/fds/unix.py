@@ -99,7 +99,10 @@ class UnixHandler:
         elif rec.name:
             backlog = rec.backlog if rec.listening else None
             queue = [] if rec.listening else rec.queue
-            (sock,) = _by_name(ctx, rec.name, lambda: [_bound(rec.type, rec.name, backlog, queue)])
+            file = (rec.file_mode, rec.file_uid, rec.file_gid) if rec.file_mode else None
+            (sock,) = _by_name(
+                ctx, rec.name, lambda: [_bound(rec.type, rec.name, backlog, queue, file)]
+            )
             fd = sock.detach()
         else:
             sock = socket.socket(socket.AF_UNIX, rec.type)
@@ -155,7 +158,11 @@ def _record(
             f"{where} is a datagram socket connected to a named one, which vzcpt "
             "cannot checkpoint yet"
         )
+    file = _socket_file(pid, name)
     return UnixSocketRecord(
+        file_mode=stat.S_IMODE(file.st_mode) if file else 0,
+        file_uid=file.st_uid if file else 0,
+        file_gid=file.st_gid if file else 0,
         ino=diag.ino,
         type=diag.type,
         listening=listening,
@@ -166,6 +173,17 @@ def _record(
         queue=[] if listening else _peek_all(sock, where),
         peer_name=peer_name,
     )
+
+
+def _socket_file(pid: int, name: bytes) -> os.stat_result | None:
+    """The socket file at a path name, seen from the process's root; None if none."""
+    if not name.startswith(b"/"):
+        return None
+    try:
+        st = procfs.stat(pid, "root" + os.fsdecode(name))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st if stat.S_ISSOCK(st.st_mode) else None
 
 
 def _peek_all(sock: socket.socket, where: str) -> list[bytes]:
@@ -300,12 +318,19 @@ def _by_name(
     return [socket.socket(fileno=fd) for fd in fds]
 
 
-def _bound(kind: int, name: bytes, backlog: int | None, queue: list[bytes]) -> int:
+def _bound(
+    kind: int,
+    name: bytes,
+    backlog: int | None,
+    queue: list[bytes],
+    file: tuple[int, int, int] | None = None,
+) -> int:
     """A socket bound to `name`, listening with `backlog` unless None, with the
-    datagrams of `queue` waiting in it; its descriptor."""
+    datagrams of `queue` waiting in it, its file given `file` (mode, uid, gid) if
+    known; its descriptor."""
     sock = socket.socket(socket.AF_UNIX, kind)
     try:
-        _bind(sock, name)
+        _bind(sock, name, file)
         if backlog is not None:
             sock.listen(backlog)
         if queue:
@@ -344,21 +369,23 @@ def _through_passing(kind: int, name: bytes) -> list[int]:
     return [listener, client]
 
 
-def _bind(sock: socket.socket, name: bytes) -> None:
+def _bind(sock: socket.socket, name: bytes, file: tuple[int, int, int] | None = None) -> None:
     """Bind to `name`; a socket file at the path (the one the dumped socket left
-    behind) is replaced, and the new one gets its mode and owner."""
+    behind) is replaced. The new file gets the mode and owner `file` says, else
+    those of the file it replaced (a socket file the VE's /dev lost is made anew)."""
     if name.startswith(b"\0"):
         sock.bind(name)
         return
-    left: os.stat_result | None = None
     with contextlib.suppress(FileNotFoundError):
         left = os.lstat(name)
-    if left is not None and stat.S_ISSOCK(left.st_mode):
-        os.unlink(name)
+        if stat.S_ISSOCK(left.st_mode):
+            os.unlink(name)
+            file = file or (stat.S_IMODE(left.st_mode), left.st_uid, left.st_gid)
     sock.bind(name)
-    if left is not None and stat.S_ISSOCK(left.st_mode):
-        os.chown(name, left.st_uid, left.st_gid)
-        os.chmod(name, stat.S_IMODE(left.st_mode))
+    if file is not None:
+        mode, uid, gid = file
+        os.chown(name, uid, gid)
+        os.chmod(name, mode)
 
 
 HANDLER = UnixHandler()
