@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 from vehost import Host
@@ -63,3 +65,20 @@ def test_limits_and_membership_come_back(host: Host) -> None:
     for path in cgroups.paths():
         procs = (Path(path) / "cgroup.procs").read_text().split()
         assert sorted(map(int, procs)) == cgroups.pids(), path
+    # The restored VE is frozen as a whole through its cgroups: with the v2 freezer
+    # (cgroup.freeze) wherever a unified hierarchy exists, as on hybrid hosts.
+    host.vzctl("chkpnt", veid, "--suspend")
+    try:
+        if cgroups.freezer_version == 2:
+            unified = next(p for p in cgroups.paths() if "cgroup.freeze" in os.listdir(p))
+            events = (Path(unified) / "cgroup.events").read_text().split("\n")
+            assert "frozen 1" in events
+        else:
+            freezer = next(p for p in cgroups.paths() if "freezer.state" in os.listdir(p))
+            assert (Path(freezer) / "freezer.state").read_text().strip() == "FROZEN"
+        log = host.paths.private(veid) / "root" / "counter.log"
+        count = log.read_text()
+        time.sleep(0.8)
+        assert log.read_text() == count, "the counter ran while frozen"
+    finally:
+        host.vzctl("chkpnt", veid, "--resume")
