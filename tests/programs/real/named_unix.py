@@ -83,12 +83,12 @@ def main() -> None:
     with open(report_path, "a") as report:
         report.write("READY\n")
     wait_usr1()
-    os.kill(child, signal.SIGUSR1)
     problems = []
     if accepted_path.recv(100) != b"hello-path":
         problems.append("data from the client by path")
     if accepted_abstract.recv(100) != b"hello-abstract":
         problems.append("data from the client by abstract name")
+    os.kill(child, signal.SIGUSR1)  # only now: it then sends more on the same connection
     for sock, name in (
         (by_path, path),
         (by_abstract, abstract),
