@@ -150,11 +150,10 @@ def _child(  # pragma: no cover - runs in the child
                 setns(fd, NAMESPACE_FLAGS[kind])
             if any(kind == "pid" for kind, _ in ns_fds):
                 worker = os.fork()
-                if worker != 0:
+                if worker != 0:  # the worker, in the pid namespace, answers for us
                     _, status = os.waitpid(worker, 0)
                     code = 0 if status == 0 else 1
                     return
-            code = 1
             payload, fds = body()
             message = _HEADER.pack(b"O", len(payload)) + payload
             code = 0

@@ -27,8 +27,10 @@ Propagation: a mount shared with its bind source is bound from it while
 that one is shared, so it joins the same peer group; one that is shared
 on its own gets a group of its own; a slave is bound from a member of its
 master's group and made a slave. Unbindable mounts become so at the end.
-Mounts that propagation creates while rebuilding are matched with the
-saved ones they stand for, or removed if none.
+Mounts that propagation makes while rebuilding (a mount under a shared
+one is copied to its peers and slaves, as it was at the time) stand for
+saved ones still to come, which are then not made a second time; one
+that stands for none stops the restore.
 
 Refused at checkpoint, with the mount point: any other file system (a
 block device, FUSE, NFS, cgroup...), a bind of something the VE does not
