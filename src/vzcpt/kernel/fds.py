@@ -1,14 +1,15 @@
-"""Descriptors of other processes: pidfds, pidfd_getfd, kcmp, tee."""
+"""Descriptors of other processes: pidfds, pidfd_getfd, kcmp, tee; fstatfs."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 
 from vzcpt.errors import SyscallFailed
 from vzcpt.kernel import nr
-from vzcpt.kernel.libc import syscall
+from vzcpt.kernel.libc import check, libc, syscall
 
 KCMP_FILE = 0
 KCMP_VM = 1
@@ -68,3 +69,10 @@ def peek_pipe(read_fd: int) -> bytes:
     finally:
         os.close(r)
         os.close(w)
+
+
+def fs_magic(fd: int) -> int:
+    """f_type of the file system `fd` lives on (fstatfs; include/uapi/linux/magic.h)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes, f_type first
+    check(libc.fstatfs(fd, buf), "fstatfs")
+    return int.from_bytes(buf.raw[:8], "little", signed=True)

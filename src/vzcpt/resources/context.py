@@ -82,6 +82,9 @@ class RestoreContext:
     # Where the restorer finds the programs' files: "" for our own root, or
     # /proc/PID/root of a process in the VE (its mounts, as the VE sees them).
     fs_root: str = ""
+    # A process in the programs' namespaces (a VE's seed), for what must be made
+    # inside them (kernel/nsexec.py); 0 when they share ours.
+    ns_pid: int = 0
     # True when the programs get an IPC namespace of their own, whose System V
     # objects were recreated from the dump (a VE); else they use ours.
     own_ipc: bool = False

@@ -104,6 +104,7 @@ def _restore(
         channel=FdChannel(seed.channel, channel_fd),
         stub_specials=seed.specials,
         fs_root=f"/proc/{seed.task.tid}/root" if launch_init else "",
+        ns_pid=seed.task.tid if launch_init else 0,
         own_ipc=launch_init is not None,
     )
     builder = TreeBuilder(seed.task, procs, header.root, root_is_seed=launch_init is not None)

@@ -252,6 +252,33 @@ class VeCgroups:
         if cpus is not None:
             self._set_cpus(cpus)
 
+    def apply_limits(self, limits: dict[str, float | None]) -> None:
+        """Set limits as `read_limits` gave them (None: unlimited), e.g. those a
+        checkpointed VE had. A limit whose controller this host lacks is left out,
+        and so is an unlimited swap without swap accounting (nothing to remove)."""
+        mem = self._holder("memory")
+        swap_name = "memory.swap.max" if mem and mem.version == 2 else "memory.memsw.limit_in_bytes"
+        swap_file = mem is not None and os.path.exists(self._file("memory", swap_name))
+
+        def value(name: str, controller: str) -> float | None:
+            if name not in limits or self._holder(controller) is None:
+                return None
+            given = limits[name]
+            return UNLIMITED if given is None else given
+
+        ram = value("ram_bytes", "memory")
+        swap = value("swap_bytes", "memory") if swap_file else None
+        if swap is None and limits.get("swap_bytes") is not None:
+            raise Unsupported("the VE had a swap limit, and this host has no swap accounting")
+        cpus = value("cpus", "cpu")
+        numproc = value("numproc", "pids")
+        self.set_limits(
+            ram_bytes=None if ram is None else int(ram),
+            swap_bytes=None if swap is None else int(swap),
+            cpus=cpus,
+            numproc=None if numproc is None else int(numproc),
+        )
+
     def _set_memory(self, ram: int | None, swap: int | None) -> None:
         h = self._holder("memory")
         if h is not None and h.version == 2:

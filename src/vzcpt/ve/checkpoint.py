@@ -6,11 +6,12 @@ know, together with a `VeRecord` (its config and network), and killed once
 the dump is safe on disk; then its network, cgroups and root are taken down.
 A failed dump unlocks the network and leaves the VE running.
 
-restore: the VE's root is mounted and its cgroups made as at start; a
+restore: the VE's root is mounted and its cgroups made with the limits it
+had (as at start, plus any set without --save since); a
 launcher unshares the VE's namespaces and makes the seed of the restore its
 pid 1, inside the VE's root with its hostname; the host gives it its veth,
-locked, and its /dev/shm files and System V IPC objects (same ids) come
-back; the engine turns the seed into the saved init and rebuilds every
+locked, and its /dev/shm files, System V IPC objects (same ids) and POSIX
+message queues come back; the engine turns the seed into the saved init and rebuilds every
 process under it; then the network is unlocked. A failed restore removes
 everything it built.
 """
@@ -24,7 +25,7 @@ from vzcpt.dump import dump_tree
 from vzcpt.errors import VzcptError
 from vzcpt.image.schema import record
 from vzcpt.image.stream import open_dump
-from vzcpt.resources import sysvipc
+from vzcpt.resources import mqueue, sysvipc
 from vzcpt.resources.context import Stats
 from vzcpt.restore import restore_tree
 from vzcpt.restore.seed import become_seed
@@ -32,7 +33,7 @@ from vzcpt.ve import net
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig
 from vzcpt.ve.launch import launch_pid1
-from vzcpt.ve.mounts import TmpfsMount, dump_mounts, restore_mounts
+from vzcpt.ve.mounts import VeMount, dump_mounts, restore_mounts
 from vzcpt.ve.sysctl import dump_sysctls, restore_sysctls
 
 
@@ -45,12 +46,18 @@ class VeRecord:
     config: str  # the VE's config file as it was
     hostname: str
     network: list[net.Iface]
-    mounts: list[TmpfsMount] = field(default_factory=list)  # /dev/shm and its own tmpfs
+    mounts: list[VeMount] = field(default_factory=list)  # in mount order (ve/mounts.py)
     ipc: sysvipc.IpcRecord | None = None  # the System V objects of its IPC namespace
+    mqueues: mqueue.MqRecord | None = None  # the POSIX message queues of its IPC namespace
     sysctls: dict[str, str] = field(default_factory=dict)  # its network namespace's
+    # The cgroup limits in force (those set without --save too): ram_bytes,
+    # swap_bytes, cpus, numproc; None is unlimited.
+    limits: dict[str, float | None] = field(default_factory=dict)
 
 
-def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord:
+def ve_record(
+    veid: int, init_pid: int, cfg: VeConfig, private: str, cgroups: VeCgroups
+) -> VeRecord:
     """Taken while the VE is frozen, so that it matches the processes."""
     return VeRecord(
         veid=veid,
@@ -59,7 +66,9 @@ def ve_record(veid: int, init_pid: int, cfg: VeConfig, private: str) -> VeRecord
         network=net.read_network(init_pid),
         mounts=dump_mounts(init_pid, private),
         ipc=sysvipc.dump_ipc(init_pid),
+        mqueues=mqueue.dump_mqueues(init_pid),
         sysctls=dump_sysctls(init_pid),
+        limits=cgroups.read_limits(),
     )
 
 
@@ -87,7 +96,7 @@ def dump_ve(
             dumpfile,
             leave="kill" if kill else "running",
             own_pid_namespace=True,
-            extra_records=[ve_record(veid, init_pid, cfg, private)],
+            extra_records=[ve_record(veid, init_pid, cfg, private, cgroups)],
             stats=stats,
             held_by=cgroups,
         )
@@ -133,6 +142,8 @@ def restore(
     With `frozen` (restore --undump) it is left frozen with its network locked.
     """
     hostname = cfg.hostname or ve.hostname
+    if ve.limits:  # as they were, not only as the config says: before anything runs
+        cgroups.apply_limits(ve.limits)
 
     def launch_init(channel_fd: int, theirs: socket.socket) -> int:
         pid = _launch_seed(root, hostname, cgroups, channel_fd, theirs)
@@ -141,6 +152,8 @@ def restore(
         restore_mounts(pid, ve.mounts)
         if ve.ipc is not None:  # before any process attaches a segment again
             sysvipc.restore_ipc(pid, ve.ipc)
+        if ve.mqueues is not None:  # before any process opens one again
+            mqueue.restore_mqueues(pid, ve.mqueues)
         return pid
 
     try:

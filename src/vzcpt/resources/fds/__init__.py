@@ -22,6 +22,7 @@ from vzcpt.errors import Unsupported
 from vzcpt.image.schema import record
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
+from vzcpt.resources.mqueue import MqDescription
 
 
 @dataclass
@@ -55,6 +56,10 @@ class UnixSocketRecord:
     peer_name: bytes = b""  # getpeername(): the listener's name for a client
     queue: list[bytes] = field(default_factory=list)  # received, not yet read, in order
     options: dict[str, int] = field(default_factory=dict)
+    # The socket file at a path name, as it was: mode (0: none found), owner.
+    file_mode: int = 0
+    file_uid: int = 0
+    file_gid: int = 0
 
 
 @record("file")
@@ -75,6 +80,7 @@ class FileDesc:
     pipe_size: int = 0
     locks: list[LockRecord] = field(default_factory=list)
     socket: UnixSocketRecord | None = None
+    mqueue: MqDescription | None = None
 
 
 class Handler(Protocol):
@@ -99,9 +105,10 @@ class Handler(Protocol):
 
 
 def catalogue() -> list[Handler]:
-    from vzcpt.resources.fds import chrdev, directory, pipe, regular, unix
+    from vzcpt.resources.fds import chrdev, directory, mqueue, pipe, regular, unix
 
     return [
+        mqueue.HANDLER,
         regular.HANDLER,
         directory.HANDLER,
         chrdev.HANDLER,
@@ -109,6 +116,15 @@ def catalogue() -> list[Handler]:
         pipe.FIFO_HANDLER,
         unix.HANDLER,
     ]
+
+
+def by_file_system() -> dict[int, Handler]:
+    """Kinds told by the file system their files live on (fstatfs f_type), before
+    any handler is asked: a message queue's link reads like any file's."""
+    from vzcpt.kernel.mqueue import MQUEUE_MAGIC
+    from vzcpt.resources.fds import mqueue
+
+    return {MQUEUE_MAGIC: mqueue.HANDLER}
 
 
 def handler_for(kind: str) -> Handler:

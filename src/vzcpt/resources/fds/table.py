@@ -16,11 +16,19 @@ from vzcpt.errors import FileChanged, Unsupported
 from vzcpt.inject.fdpass import FdChannel
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr
-from vzcpt.kernel.fds import same_file, steal_fd
+from vzcpt.kernel.fds import fs_magic, same_file, steal_fd
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import parse_fdinfo
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FdEntry, FileDesc, LockRecord, catalogue, describe, handler_for
+from vzcpt.resources.fds import (
+    FdEntry,
+    FileDesc,
+    LockRecord,
+    by_file_system,
+    catalogue,
+    describe,
+    handler_for,
+)
 
 F_SETFD = 2
 FD_CLOEXEC = 1
@@ -47,7 +55,9 @@ def dump_table(ctx: DumpContext, pid: int, skip: frozenset[int] = frozenset()) -
             os.close(local)
         else:
             ctx.held_fds.append(local)
-            handler = next((h for h in catalogue() if h.claims(link, st)), None)
+            handler = by_file_system().get(fs_magic(local)) or next(
+                (h for h in catalogue() if h.claims(link, st)), None
+            )
             if handler is None:
                 raise Unsupported(
                     f"process {pid}: descriptor {fd} is {describe(link)}, "

@@ -9,12 +9,22 @@ taking it, message boundaries kept, and shows descriptors in flight.
 At restore a connected pair is made again with socketpair() and each side's
 queue is refilled by sending from the other side, in order; a listening
 socket is bound to its name and listens with its backlog; a bound datagram
-socket is bound again; a connection accepted by a listener is made again
-through a listener on that name, so both ends keep their names. Refused at
-checkpoint, with a line naming process, descriptor and reason: sockets of
-other families (TCP, UDP, netlink...), a peer outside the tree, datagram
-sockets connected to a named one, connections not yet accepted, descriptors
-in flight, named sockets in a VE.
+socket is bound again and its queue refilled by a passing sender; a
+connection accepted by a listener is made again through a listener on that
+name, so both ends keep their names. A socket file left at the path is
+replaced, its mode and owner kept.
+
+Names belong to namespaces: a path to the mount namespace (and its root),
+an abstract name to the network namespace. The restorer stays in the
+host's, so for a VE every bind and connect by name is done by a child that
+joined the VE's network and mount namespaces, which hands the sockets back
+(kernel/nsexec.py); the name is then the one the programs know, not a
+/proc/PID/root path the restorer would see.
+
+Refused at checkpoint, with a line naming process, descriptor and reason:
+sockets of other families (TCP, UDP, netlink...), a peer outside the tree,
+datagram sockets connected to a named one, connections not yet accepted,
+descriptors in flight, names that are relative paths.
 """
 
 from __future__ import annotations
@@ -24,8 +34,10 @@ import fcntl
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 from vzcpt.errors import Unsupported, VzcptError
+from vzcpt.kernel.nsexec import descriptors_in_namespaces
 from vzcpt.kernel.sockdiag import UnixSock, unix_sockets
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
@@ -84,11 +96,17 @@ class UnixHandler:
             raise VzcptError(f"file {desc.id} of kind unix has no socket record")
         if rec.peer:
             fd = _pair_end(ctx, rec)
+        elif rec.name:
+            backlog = rec.backlog if rec.listening else None
+            queue = [] if rec.listening else rec.queue
+            file = (rec.file_mode, rec.file_uid, rec.file_gid) if rec.file_mode else None
+            (sock,) = _by_name(
+                ctx, rec.name, lambda: [_bound(rec.type, rec.name, backlog, queue, file)]
+            )
+            fd = sock.detach()
         else:
             sock = socket.socket(socket.AF_UNIX, rec.type)
             try:
-                if rec.name:
-                    _bind(ctx, sock, rec.name)
                 if rec.listening:
                     sock.listen(rec.backlog)
             except BaseException:
@@ -120,10 +138,10 @@ def _record(
             f"{where} has {diag.rqueue} connections not yet accepted, "
             "which vzcpt cannot checkpoint yet"
         )
-    if name and ctx.ids:
+    if name and not name.startswith((b"\0", b"/")):
         raise Unsupported(
-            f"{where} has a name ({os.fsdecode(name)!r}) in a VE, which vzcpt "
-            "cannot checkpoint yet (unnamed pairs are fine)"
+            f"{where} has a relative path as its name ({os.fsdecode(name)!r}), "
+            "which vzcpt cannot checkpoint yet"
         )
     try:
         peer = sock.getpeername()
@@ -140,7 +158,11 @@ def _record(
             f"{where} is a datagram socket connected to a named one, which vzcpt "
             "cannot checkpoint yet"
         )
+    file = _socket_file(pid, name)
     return UnixSocketRecord(
+        file_mode=stat.S_IMODE(file.st_mode) if file else 0,
+        file_uid=file.st_uid if file else 0,
+        file_gid=file.st_gid if file else 0,
         ino=diag.ino,
         type=diag.type,
         listening=listening,
@@ -151,6 +173,17 @@ def _record(
         queue=[] if listening else _peek_all(sock, where),
         peer_name=peer_name,
     )
+
+
+def _socket_file(pid: int, name: bytes) -> os.stat_result | None:
+    """The socket file at a path name, seen from the process's root; None if none."""
+    if not name.startswith(b"/"):
+        return None
+    try:
+        st = procfs.stat(pid, "root" + os.fsdecode(name))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st if stat.S_ISSOCK(st.st_mode) else None
 
 
 def _peek_all(sock: socket.socket, where: str) -> list[bytes]:
@@ -244,24 +277,25 @@ def _connect_through(
         ),
         None,
     )
-    passing = None
     if own is not None:
         listener = socket.socket(fileno=os.dup(open_description(ctx, own)))
+        try:
+            (client,) = _by_name(ctx, name, lambda: [_connected(kind, name)])
+        except BaseException:
+            listener.close()
+            raise
     else:  # the listener is gone: a passing one stands in, on the same name
-        passing = listener = socket.socket(socket.AF_UNIX, kind)
-        _bind(ctx, listener, name)
-        listener.listen(1)
+        listener, client = _by_name(ctx, name, lambda: _through_passing(kind, name))
     try:
-        client = socket.socket(socket.AF_UNIX, kind)
-        client.connect(name if name.startswith(b"\0") else ctx.host_path(os.fsdecode(name)))
-        listener.setblocking(True)
+        # The connection is queued once connect() returns: accept() takes it at
+        # once, whatever O_NONBLOCK the tree gave its listener (which stays).
         server, _ = listener.accept()
-        return client, server
+    except BaseException:
+        client.close()
+        raise
     finally:
         listener.close()
-        if passing is not None and not name.startswith(b"\0"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(ctx.host_path(os.fsdecode(name)))
+    return client, server
 
 
 def _peer_record(ctx: RestoreContext, rec: UnixSocketRecord) -> UnixSocketRecord:
@@ -271,15 +305,87 @@ def _peer_record(ctx: RestoreContext, rec: UnixSocketRecord) -> UnixSocketRecord
     raise VzcptError(f"the dump lacks the peer of unix socket {rec.ino}")
 
 
-def _bind(ctx: RestoreContext, sock: socket.socket, name: bytes) -> None:
+def _by_name(
+    ctx: RestoreContext, name: bytes, work: Callable[[], list[int]]
+) -> list[socket.socket]:
+    """Sockets `work` makes where `name` means what it meant to the programs: in
+    our namespaces, or in a VE's network and mount namespaces."""
+    if ctx.ns_pid:
+        what = f"make unix socket {os.fsdecode(name)!r} again"
+        fds = descriptors_in_namespaces(ctx.ns_pid, ("net", "mnt"), work, what)
+    else:
+        fds = work()
+    return [socket.socket(fileno=fd) for fd in fds]
+
+
+def _bound(
+    kind: int,
+    name: bytes,
+    backlog: int | None,
+    queue: list[bytes],
+    file: tuple[int, int, int] | None = None,
+) -> int:
+    """A socket bound to `name`, listening with `backlog` unless None, with the
+    datagrams of `queue` waiting in it, its file given `file` (mode, uid, gid) if
+    known; its descriptor."""
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        _bind(sock, name, file)
+        if backlog is not None:
+            sock.listen(backlog)
+        if queue:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+                for message in queue:
+                    sender.sendto(message, name)
+    except OSError as exc:
+        sock.close()
+        raise VzcptError(f"unix socket {os.fsdecode(name)!r}: {exc.strerror}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach()
+
+
+def _connected(kind: int, name: bytes) -> int:
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.connect(name)
+    except OSError as exc:
+        sock.close()
+        raise VzcptError(f"cannot connect to {os.fsdecode(name)!r}: {exc.strerror}") from None
+    return sock.detach()
+
+
+def _through_passing(kind: int, name: bytes) -> list[int]:
+    """A passing listener bound to `name` and a client connected to it; the
+    listener's socket file is removed at once (the connection stays)."""
+    listener = _bound(kind, name, 1, [])
+    try:
+        client = _connected(kind, name)
+    finally:
+        if not name.startswith(b"\0"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+    return [listener, client]
+
+
+def _bind(sock: socket.socket, name: bytes, file: tuple[int, int, int] | None = None) -> None:
+    """Bind to `name`; a socket file at the path (the one the dumped socket left
+    behind) is replaced. The new file gets the mode and owner `file` says, else
+    those of the file it replaced (a socket file the VE's /dev lost is made anew)."""
     if name.startswith(b"\0"):
         sock.bind(name)
         return
-    path = ctx.host_path(os.fsdecode(name))
     with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)  # the socket file left behind by the dumped process
-    sock.bind(path)
+        left = os.lstat(name)
+        if stat.S_ISSOCK(left.st_mode):
+            os.unlink(name)
+            file = file or (stat.S_IMODE(left.st_mode), left.st_uid, left.st_gid)
+    sock.bind(name)
+    if file is not None:
+        mode, uid, gid = file
+        os.chown(name, uid, gid)
+        os.chmod(name, mode)
 
 
 HANDLER = UnixHandler()
