@@ -32,6 +32,14 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "timers": (),
     "files": (),
     "holder": ("16",),
+    "evfd_eventfd": (),
+    "evfd_signalfd": (),
+    "evfd_timerfd": (),
+    "evfd_epoll": (),
+    "evfd_inotify": (),
+    "evfd_memfd": (),
+    "evfd_pidfd": (),
+    "fd_refused": ("io_uring",),
 }
 
 

@@ -82,7 +82,7 @@ def _own_page_runs(pid: int, vmas: list[Mapping]) -> list[tuple[int, int]]:
             own = (entries & np.uint64(PM_PFN_MASK)) != zero  # not the shared zero page
             own |= (entries & np.uint64(PM_SWAP)) != 0
             for vma in group:
-                if vma.kind == "file":  # only pages copied on write are the process's own
+                if vma.kind in ("file", "memfd"):  # only pages copied on write are its own
                     first, last = (vma.start - start) // PAGE_SIZE, (vma.end - start) // PAGE_SIZE
                     own[first:last] = (entries[first:last] & np.uint64(PM_FILE)) == 0
             runs += [(start + a * PAGE_SIZE, n * PAGE_SIZE) for a, n in mask_runs(present & own)]
