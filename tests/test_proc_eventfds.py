@@ -117,7 +117,7 @@ def test_pidfd_pid(fds: list[int]) -> None:
 
 
 def test_memfd_seals(fds: list[int]) -> None:
-    fd = memfd.memfd_create("vzcpt test", 0)
+    fd = memfd.memfd_create("vzcpt test", noexec_seal=False)
     fds.append(fd)
     assert memfd.get_seals(fd) == 0
     memfd.add_seals(fd, memfd.F_SEAL_GROW | memfd.F_SEAL_SEAL)

@@ -15,15 +15,23 @@
  *   priv    "cpt priv", mapped MAP_PRIVATE with page 0 written: page 0 keeps
  *           the private copy, page 1 the memfd's content
  *   plain   "", made without MFD_ALLOW_SEALING, empty
+ *   noexec  made with MFD_NOEXEC_SEAL: mode 0666, sealed against exec
  */
 #include "cpt_test.h"
 #include <sys/mman.h>
 #include <sys/wait.h>
 
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
+
 #define PAGE 4096
 #define DATA_SIZE (3 * PAGE + 100)
 
-static int data, reopened, sealed, future, priv, plain;
+static int data, reopened, sealed, future, priv, plain, noexec;
 static char *data_map, *sealed_map, *future_map, *mapped_map, *priv_map;
 
 static int make(const char *name, unsigned flags, size_t size, uint64_t seed)
@@ -104,6 +112,11 @@ int main(int argc, char **argv)
 
 	plain = memfd_create("", 0);
 	CHECK(plain >= 0, "memfd_create: %m");
+	noexec = memfd_create("cpt noexec", MFD_NOEXEC_SEAL);
+	if (noexec < 0 && errno == EINVAL) /* before Linux 6.3: like any other */
+		noexec = memfd_create("cpt noexec", MFD_ALLOW_SEALING);
+	CHECK(noexec >= 0, "memfd_create: %m");
+	int noexec_seals = fcntl(noexec, F_GET_SEALS);
 
 	pid_t child = fork();
 	CHECK(child >= 0, "fork: %m");
@@ -182,5 +195,14 @@ int main(int argc, char **argv)
 	CHECK(fcntl(plain, F_GET_SEALS) == F_SEAL_SEAL, "plain: seals %#x",
 	      fcntl(plain, F_GET_SEALS));
 	CHECK(fstat(plain, &st) == 0 && st.st_size == 0, "plain: size %ld", (long)st.st_size);
+
+	/* noexec */
+	CHECK(fcntl(noexec, F_GET_SEALS) == noexec_seals, "noexec: seals %#x, were %#x",
+	      fcntl(noexec, F_GET_SEALS), noexec_seals);
+	if (noexec_seals & F_SEAL_EXEC) {
+		CHECK(fstat(noexec, &st) == 0 && (st.st_mode & 0777) == 0666, "noexec: mode %o",
+		      st.st_mode & 0777);
+		CHECK(fchmod(noexec, 0755) < 0 && errno == EPERM, "noexec: made executable");
+	}
 	cpt_ok();
 }

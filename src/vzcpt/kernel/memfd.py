@@ -16,6 +16,7 @@ from vzcpt.kernel.libc import check, libc, syscall
 
 MFD_CLOEXEC = 0x1
 MFD_ALLOW_SEALING = 0x2
+MFD_NOEXEC_SEAL = 0x8
 MFD_EXEC = 0x10
 F_ADD_SEALS = 1033
 F_GET_SEALS = 1034
@@ -37,15 +38,16 @@ SEAL_NAMES = {
 }
 
 
-def memfd_create(name: str, flags: int) -> int:
-    """A new memfd that accepts seals, executable like one made without
-    MFD_NOEXEC_SEAL (callers set mode and seals afterwards)."""
+def memfd_create(name: str, noexec_seal: bool) -> int:
+    """A new memfd that accepts seals: sealed against exec (mode 0666, F_SEAL_EXEC)
+    with `noexec_seal`, else executable (0777); callers set mode and seals."""
     raw = ctypes.c_char_p(name.encode("utf-8", "surrogateescape"))
-    base = flags | MFD_CLOEXEC | MFD_ALLOW_SEALING
+    base = MFD_CLOEXEC | MFD_ALLOW_SEALING
+    exec_flag = MFD_NOEXEC_SEAL if noexec_seal else MFD_EXEC
     try:
-        return syscall(nr.MEMFD_CREATE, raw, base | MFD_EXEC, what=f"memfd_create({name!r})")
+        return syscall(nr.MEMFD_CREATE, raw, base | exec_flag, what=f"memfd_create({name!r})")
     except SyscallFailed as exc:
-        if exc.errno != errno.EINVAL:  # kernels before 6.3 know no MFD_EXEC
+        if exc.errno != errno.EINVAL:  # kernels before 6.3 know neither flag
             raise
     return syscall(nr.MEMFD_CREATE, raw, base, what=f"memfd_create({name!r})")
 

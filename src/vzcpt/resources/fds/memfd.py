@@ -31,6 +31,7 @@ from vzcpt.image.schema import record
 from vzcpt.inject.remote import MAP_FIXED, MAP_PRIVATE, MAP_SHARED, PROT_WRITE, RemoteTask
 from vzcpt.kernel import nr
 from vzcpt.kernel.memfd import (
+    F_SEAL_EXEC,
     F_SEAL_FUTURE_WRITE,
     F_SEAL_SEAL,
     F_SEAL_WRITE,
@@ -143,7 +144,9 @@ def open_object(ctx: RestoreContext, ident: int) -> int:
     if key in ctx.local_fds:
         return ctx.local_fds[key]
     rec = _record(ctx, ident)
-    fd = memfd_create(rec.name, 0)
+    # Made sealed against exec if it was so made (vm.memfd_noexec may demand it).
+    noexec = bool(rec.seals & F_SEAL_EXEC) and not rec.mode & 0o111
+    fd = memfd_create(rec.name, noexec_seal=noexec)
     ctx.local_fds[key] = fd  # closed with the context, whatever happens next
     os.ftruncate(fd, rec.size)
     for run in ctx.image.pages_of(rec.pages_owner):
