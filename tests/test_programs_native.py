@@ -33,6 +33,14 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "files": (),
     "holder": ("16",),
     "posix_mqueue": (f"vzcpt_native_{os.getpid()}",),  # removes its queues when it passes
+    "evfd_eventfd": (),
+    "evfd_signalfd": (),
+    "evfd_timerfd": (),
+    "evfd_epoll": (),
+    "evfd_inotify": (),
+    "evfd_memfd": (),
+    "evfd_pidfd": (),
+    "fd_refused": ("io_uring",),
 }
 
 

@@ -157,7 +157,7 @@ def _write_dump(
     extra_records: list[object],
 ) -> None:
     writer = DumpWriter(out, compress=compress)
-    ctx = DumpContext(writer=writer, stats=stats)
+    ctx = DumpContext(writer=writer, stats=stats, pids=frozenset(tree.pids))
     if own_pid_namespace:
         # The tree is a VE: it is saved with the ids its programs know (its
         # root is pid 1), so that it can be rebuilt in a fresh pid namespace.

@@ -6,6 +6,7 @@ The rendering is driven by the same record declarations that encode the file
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.tree import Tree
 from vzcpt.image.schema import to_jsonable
 from vzcpt.image.stream import open_dump
 from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds.memfd import MemfdRecord
 from vzcpt.resources.shmem import SharedMemRecord
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
@@ -55,11 +57,50 @@ def render_text(path: str) -> None:
         tree = Tree(_label(root, page_bytes))
         _grow(tree, root, by_parent, files, page_bytes)
         console.print(tree)
+        for memfd in image.records_of(MemfdRecord):
+            console.print(f"{memfd}, {page_bytes.get(memfd.pages_owner, 0):,} stored")
         for shm in image.records_of(SharedMemRecord):
             console.print(
                 f"shared memory {shm.id}: {shm.kind}, {shm.size:,} bytes, "
                 f"{page_bytes.get(shm.pages_owner, 0):,} stored"
             )
+
+
+def _readable(value: object) -> bool:
+    """A record that says what it is (defines __str__)."""
+    return dataclasses.is_dataclass(value) and type(value).__str__ is not object.__str__
+
+
+def _kind_record(f: FileDesc) -> object | None:
+    return next(
+        (sub for fld in dataclasses.fields(f) if _readable(sub := getattr(f, fld.name))), None
+    )
+
+
+def _what(f: FileDesc) -> str:
+    """What a description is: its path, or what its kind's record says of itself."""
+    if f.path:
+        return f.path
+    if f.kind in ("pipe", "fifo"):
+        return f"pipe:[{f.pipe_id}]"
+    if f.memfd:
+        return f"#{f.memfd}"
+    rec = _kind_record(f)
+    return "" if rec is None else str(rec)
+
+
+def _items(f: FileDesc) -> list[str]:
+    """The parts a kind's record lists (an epoll's watches...), one line each."""
+    rec = _kind_record(f)
+    if rec is None:
+        return []
+    return [
+        str(item)
+        for fld in dataclasses.fields(rec)  # type: ignore[arg-type]
+        if isinstance(items := getattr(rec, fld.name), list)
+        for item in items
+        if _readable(item)
+    ]
 
 
 def _label(p: ProcessRecord, page_bytes: dict[int, int]) -> str:
@@ -94,10 +135,12 @@ def _grow(
         fds = node.add(f"{len(p.fds)} descriptors")
         for e in p.fds:
             f = files[e.file_id]
-            what = f.path or f"pipe:[{f.pipe_id}]"
-            fds.add(
+            what = _what(f)
+            entry = fds.add(
                 f"{e.fd}: {f.kind} {what} pos {f.pos} flags {f.flags:#o}"
                 f"{' cloexec' if e.cloexec else ''}"
             )
+            for item in _items(f):
+                entry.add(item)
     for child in by_parent.get(p.pid, []):
         _grow(node.add(_label(child, page_bytes)), child, by_parent, files, page_bytes)

@@ -24,8 +24,8 @@ F_GETPIPE_SZ = 1032
 F_SETPIPE_SZ = 1031
 
 
-def pidfd_open(pid: int) -> int:
-    return syscall(nr.PIDFD_OPEN, pid, 0, what=f"pidfd_open({pid})", pid=pid)
+def pidfd_open(pid: int, flags: int = 0) -> int:
+    return syscall(nr.PIDFD_OPEN, pid, flags, what=f"pidfd_open({pid})", pid=pid)
 
 
 def steal_fd(pid: int, fd: int) -> int:

@@ -99,3 +99,154 @@ def parse_fdinfo(data: bytes) -> FdInfo:
         locks=tuple(locks),
         lines=tuple(lines),
     )
+
+
+# ------------------------------------------------- what fdinfo tells per kind
+#
+# Every number below is printed by the kernel in a fixed base; the comment of
+# each parser names the printing function.
+
+
+def eventfd_state(info: FdInfo) -> tuple[int, bool]:
+    """(count, semaphore mode) of an eventfd (fs/eventfd.c eventfd_show_fdinfo:
+    "eventfd-count: %16llx", "eventfd-semaphore: %d")."""
+    try:
+        count = int(info.extra["eventfd-count"], 16)
+    except (KeyError, ValueError):
+        raise ValueError("fdinfo of an eventfd without eventfd-count") from None
+    return count, info.extra.get("eventfd-semaphore", "0") == "1"
+
+
+def signalfd_mask(info: FdInfo) -> int:
+    """The signals a signalfd accepts, bit N-1 for signal N (fs/signalfd.c
+    signalfd_show_fdinfo: render_sigset_t, hex)."""
+    try:
+        return int(info.extra["sigmask"], 16)
+    except (KeyError, ValueError):
+        raise ValueError("fdinfo of a signalfd without sigmask") from None
+
+
+@dataclass(frozen=True)
+class TimerfdInfo:
+    """fs/timerfd.c timerfd_show: times are (seconds, nanoseconds), decimal;
+    it_value is the time left, whatever the settime flags."""
+
+    clockid: int
+    ticks: int  # expirations not yet read
+    settime_flags: int  # TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET (printed octal)
+    value_ns: int
+    interval_ns: int
+
+
+def _timespec_ns(text: str) -> int:
+    sec, _, nsec = text.strip("()").partition(",")
+    return int(sec) * 1_000_000_000 + int(nsec)
+
+
+def timerfd_state(info: FdInfo) -> TimerfdInfo:
+    try:
+        return TimerfdInfo(
+            clockid=int(info.extra["clockid"]),
+            ticks=int(info.extra["ticks"]),
+            settime_flags=int(info.extra["settime flags"], 8),
+            value_ns=_timespec_ns(info.extra["it_value"]),
+            interval_ns=_timespec_ns(info.extra["it_interval"]),
+        )
+    except (KeyError, ValueError):
+        raise ValueError(f"malformed fdinfo of a timerfd: {info.lines!r}") from None
+
+
+@dataclass(frozen=True)
+class EpollTarget:
+    """One watch of an epoll instance (fs/eventpoll.c ep_show_fdinfo:
+    "tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x")."""
+
+    fd: int  # the descriptor number it was added with, in the adder's table
+    events: int  # as registered, EPOLLET/EPOLLONESHOT/... included
+    data: int
+    ino: int
+    sdev: int  # the kernel's dev_t: major << 20 | minor
+
+
+def _fields(text: str) -> dict[str, str]:
+    """ "a:1 b: 2" -> {"a": "1", "b": "2"}: values may be padded after the colon."""
+    out: dict[str, str] = {}
+    key = ""
+    for word in text.split():
+        name, colon, value = word.partition(":")
+        if colon:
+            key = name
+            out[key] = value
+        elif key and not out[key]:
+            out[key] = word
+    return out
+
+
+def epoll_targets(info: FdInfo) -> list[EpollTarget]:
+    """Every watch of an epoll instance, in the kernel's order."""
+    found = []
+    for line in info.lines:
+        if not line.startswith("tfd:"):
+            continue
+        f = _fields(line)
+        try:
+            found.append(
+                EpollTarget(
+                    fd=int(f["tfd"]),
+                    events=int(f["events"], 16),
+                    data=int(f["data"], 16),
+                    ino=int(f["ino"], 16),
+                    sdev=int(f["sdev"], 16),
+                )
+            )
+        except (KeyError, ValueError):
+            raise ValueError(f"malformed epoll fdinfo line: {line!r}") from None
+    return found
+
+
+@dataclass(frozen=True)
+class InotifyMark:
+    """One watch of an inotify instance (fs/notify/fdinfo.c
+    inotify_fdinfo: every number hex, f_handle as hex bytes)."""
+
+    wd: int
+    ino: int
+    sdev: int  # the kernel's dev_t: major << 20 | minor
+    mask: int  # events and IN_ONESHOT/IN_EXCL_UNLINK/... flags, as the watch has them
+    ignored_mask: int
+    handle_type: int
+    handle: bytes  # b"" when the file system gives no handle
+
+
+def inotify_marks(info: FdInfo) -> list[InotifyMark]:
+    found = []
+    for line in info.lines:
+        if not line.startswith("inotify "):
+            continue
+        f = _fields(line[len("inotify ") :])
+        try:
+            size = int(f.get("fhandle-bytes", "0"), 16)
+            found.append(
+                InotifyMark(
+                    wd=int(f["wd"], 16),
+                    ino=int(f["ino"], 16),
+                    sdev=int(f["sdev"], 16),
+                    mask=int(f["mask"], 16),
+                    ignored_mask=int(f.get("ignored_mask", "0"), 16),
+                    handle_type=int(f.get("fhandle-type", "0"), 16),
+                    handle=bytes.fromhex(f["f_handle"])[:size] if size else b"",
+                )
+            )
+        except (KeyError, ValueError):
+            raise ValueError(f"malformed inotify fdinfo line: {line!r}") from None
+    return found
+
+
+def pidfd_pid(info: FdInfo) -> int:
+    """The pid a pidfd refers to, in the pid namespace of the /proc it was read
+    from; -1 once that process is gone and reaped (kernel/pid.c
+    pidfd_show_fdinfo, "Pid:\\t%d")."""
+    try:
+        return int(info.extra["Pid"])
+    except (KeyError, ValueError):
+        raise ValueError("fdinfo of a pidfd without Pid") from None

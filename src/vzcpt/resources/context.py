@@ -53,6 +53,8 @@ class DumpContext:
     # Host pid/tid -> the id the programs know it by (in their pid namespace);
     # empty when they share ours.
     ids: dict[int, int] = field(default_factory=dict)
+    # Host pids of every process being dumped (zombies too).
+    pids: frozenset[int] = frozenset()
 
     def saved_id(self, host_id: int) -> int:
         return self.ids.get(host_id, host_id)
@@ -88,6 +90,11 @@ class RestoreContext:
     # True when the programs get an IPC namespace of their own, whose System V
     # objects were recreated from the dump (a VE); else they use ours.
     own_ipc: bool = False
+    # Saved pid -> host pid of its rebuilt process, once the tree exists.
+    host_pids: dict[int, int] = field(default_factory=dict)
+    # Run once every process is rebuilt, before any runs (e.g. seals that
+    # would have refused the mappings made meanwhile).
+    finishers: list[Callable[[], None]] = field(default_factory=list)
 
     def host_path(self, path: str) -> str:
         """The path by which the restorer reaches a file the programs name `path`."""

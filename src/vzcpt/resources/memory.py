@@ -10,8 +10,9 @@ madvise and prctl(PR_SET_MM_MAP) run inside the restored task.
 What is stored: for private mappings, the pages that are the process's own
 (anonymous, or copied on write from a file), never those still backed by the
 file nor the zero page, nor pages whose content is all zeros. Shared file
-mappings need no pages: their content is the file. Shared anonymous memory is
-stored once per object and mapped again by every process that shared it.
+mappings need no pages: their content is the file. Shared anonymous memory and
+memfds are stored once per object and mapped again by every process that
+shared them (resources/shmem.py, resources/fds/memfd.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps_flags
 from vzcpt.proc.stat import parse_stat
 from vzcpt.resources import pages, shmem
 from vzcpt.resources.context import DumpContext, RestoreContext
+from vzcpt.resources.fds import memfd
 
 SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
 BATCH_BYTES = 64 << 20
@@ -72,12 +74,12 @@ class VmaRecord:
     end: int
     prot: int
     shared: bool
-    kind: str  # anon | file | shmem | sysv | vdso | vvar | vvar_vclock
+    kind: str  # anon | file | shmem | sysv | memfd | vdso | vvar | vvar_vclock
     path: str = ""
     offset: int = 0  # file offset in bytes (shmem: offset in the object)
     growsdown: bool = False
     madvise: list[int] = field(default_factory=list)
-    shmem_id: int = 0  # the SharedMemRecord for kind shmem / sysv
+    shmem_id: int = 0  # the SharedMemRecord for kind shmem / sysv, the MemfdRecord for memfd
     file_size: int = -1  # for file mappings: size at dump, checked at restore
 
 
@@ -161,7 +163,10 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
     elif e.shared and e.path == "/dev/zero" and e.deleted:
         vma.kind = "shmem"
         vma.shmem_id = shmem.dump_object(ctx, pid, e, "shmem", pages.write_nonzero)
-    elif e.path.startswith("/memfd:") or e.deleted:
+    elif e.path.startswith(memfd.PREFIX) and e.deleted:
+        vma.kind = "memfd"
+        vma.shmem_id = memfd.dump_mapping(ctx, pid, e)
+    elif e.deleted:
         raise Unsupported(
             f"process {pid}: mapping of {e.path!r}{' (deleted)' if e.deleted else ''} "
             f"at {e.start:#x} is not supported yet"
@@ -174,7 +179,7 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
 
 def _has_own_pages(vma: VmaRecord) -> bool:
     """Private mappings hold pages of their own; a file guard region (---p) cannot."""
-    if vma.shared or vma.kind not in ("anon", "file"):
+    if vma.shared or vma.kind not in ("anon", "file", "memfd"):
         return False
     return vma.kind == "anon" or bool(vma.prot & PROT_READ)
 
@@ -249,6 +254,11 @@ def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) ->
         if vma.kind in ("shmem", "sysv"):
             shmem.map_shared(
                 ctx, task, vma.start, vma.end, vma.prot, vma.offset, vma.kind, vma.shmem_id
+            )
+        elif vma.kind == "memfd":
+            prot = vma.prot | (PROT_WRITE if vma.start in filled else 0)
+            memfd.map_into(
+                ctx, task, vma.start, vma.end, prot, vma.shared, vma.offset, vma.shmem_id
             )
         elif vma.kind not in ("anon", "file", "vdso", "vvar", "vvar_vclock"):
             raise Unsupported(f"process {pid}: cannot restore a mapping of kind {vma.kind}")

@@ -54,7 +54,7 @@ def dump_object(ctx: DumpContext, pid: int, e: MapEntry, kind: str, write_pages:
     fd = procfs.open_file(pid, f"map_files/{e.start:x}-{e.end:x}", os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        for start, end in _data_extents(fd, size):
+        for start, end in data_extents(fd, size):
             for offset in range(start, end, BATCH_BYTES):
                 chunk = bytearray(os.pread(fd, min(BATCH_BYTES, end - offset), offset))
                 write_pages(ctx, owner, offset, chunk)  # type: ignore[operator]
@@ -72,7 +72,7 @@ def dump_object(ctx: DumpContext, pid: int, e: MapEntry, kind: str, write_pages:
     return ident
 
 
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     """The (start, end) byte ranges of a shmem file that hold data."""
     extents = []
     pos = 0

@@ -9,7 +9,8 @@
               there too, and nothing else: its own memory is gone
     tree      every process exists as a stopped stub with its saved pid,
               parent, session and process group (restore/tree.py)
-    files     every stub holds its descriptors at their saved numbers
+    files     every stub holds its descriptors at their saved numbers, and
+              its epoll instances their watches
     memory    every stub's address space is the saved one (vDSO moved in)
     state     threads cloned with their tids; signals, timers, limits,
               attributes, thread state; zombies have died as they died
@@ -36,7 +37,7 @@ from vzcpt.kernel import nr, ptrace
 from vzcpt.kernel.probes import vdso_fingerprint
 from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import RestoreContext, Stats
-from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds import FileDesc, epoll
 from vzcpt.resources.fds.regular import check_unchanged
 from vzcpt.resources.fds.table import restore_table
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
@@ -114,6 +115,7 @@ def _restore(
             _check_files(ctx.fs_root, procs, files)  # reachable once the VE has its root
         stage = time.monotonic()
         tasks = builder.build()
+        ctx.host_pids = {pid: task.tid for pid, task in tasks.items()}
         stats.add_time("tree", time.monotonic() - stage)
         threads: dict[int, list[RemoteTask]] = {}
         for rec in procs:
@@ -122,6 +124,8 @@ def _restore(
             stage = time.monotonic()
             threads[rec.pid] = _rebuild_process(ctx, rec, tasks[rec.pid], files, baseline, warnings)
             stats.add_time("memory+state", time.monotonic() - stage)
+        for finish in ctx.finishers:
+            finish()
         builder.become_zombies()
         for rec in procs:
             if not rec.zombie:
@@ -183,6 +187,7 @@ def _rebuild_process(
     assert rec.mm is not None and rec.attrs is not None and rec.signals is not None
     assert rec.timers is not None
     restore_table(ctx, main, rec.fds, files, ctx.channel)
+    epoll.add_watches(main, rec.pid, rec.fds, files)  # keyed by the numbers just placed
     memory.replace_mm(ctx, main, rec.pid, rec.mm)
     signals.restore_actions(main, rec.signals)
     timers.restore_timers(main, rec.pid, rec.timers)

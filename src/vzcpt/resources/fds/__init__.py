@@ -81,6 +81,13 @@ class FileDesc:
     locks: list[LockRecord] = field(default_factory=list)
     socket: UnixSocketRecord | None = None
     mqueue: MqDescription | None = None
+    eventfd: EventfdRecord | None = None
+    epoll: EpollRecord | None = None
+    signalfd: SignalfdRecord | None = None
+    timerfd: TimerfdRecord | None = None
+    inotify: InotifyRecord | None = None
+    pidfd: PidfdRecord | None = None
+    memfd: int = 0  # the MemfdRecord of a memfd
 
 
 class Handler(Protocol):
@@ -105,16 +112,37 @@ class Handler(Protocol):
 
 
 def catalogue() -> list[Handler]:
-    from vzcpt.resources.fds import chrdev, directory, mqueue, pipe, regular, unix
+    from vzcpt.resources.fds import (
+        chrdev,
+        directory,
+        epoll,
+        eventfd,
+        inotify,
+        memfd,
+        mqueue,
+        pidfd,
+        pipe,
+        regular,
+        signalfd,
+        timerfd,
+        unix,
+    )
 
     return [
         mqueue.HANDLER,
+        memfd.HANDLER,  # before regular files: a memfd is one, unlinked
         regular.HANDLER,
         directory.HANDLER,
         chrdev.HANDLER,
         pipe.HANDLER,
         pipe.FIFO_HANDLER,
         unix.HANDLER,
+        eventfd.HANDLER,
+        epoll.HANDLER,
+        signalfd.HANDLER,
+        timerfd.HANDLER,
+        inotify.HANDLER,
+        pidfd.HANDLER,
     ]
 
 
@@ -134,10 +162,41 @@ def handler_for(kind: str) -> Handler:
     raise Unsupported(f"the dump holds a file of unknown kind {kind!r}")
 
 
+# What the anonymous inodes we cannot save are, by the name the kernel gives them.
+ANON_KINDS = {
+    "io_uring": "an io_uring instance",
+    "fanotify": "a fanotify group",
+    "perf_event": "a perf event",
+    "bpf-map": "a BPF map",
+    "bpf-prog": "a BPF program",
+    "bpf_link": "a BPF link",
+    "bpf_iter": "a BPF iterator",
+    "bpf-token": "a BPF token",
+    "userfaultfd": "a userfaultfd",
+    "secretmem": "a memfd_secret area",
+    "kvm-vm": "a KVM virtual machine",
+    "kvm-vcpu": "a KVM virtual CPU",
+    "dmabuf": "a DMA buffer",
+    "sync_file": "a sync file",
+    "landlock-ruleset": "a Landlock ruleset",
+}
+
+
 def describe(link: str) -> str:
     """A human name for a descriptor we cannot save."""
     if link.startswith("socket:"):
         return "a socket"
     if link.startswith("anon_inode:"):
-        return f"an {link[len('anon_inode:') :].strip('[]')} descriptor"
+        name = link[len("anon_inode:") :].strip("[]")
+        return ANON_KINDS.get(name, f"an anonymous-inode descriptor ({name})")
     return f"{link!r}"
+
+
+# The records of the kinds that have one, named in FileDesc's fields above:
+# imported last, since their modules build FileDescs.
+from vzcpt.resources.fds.epoll import EpollRecord  # noqa: E402
+from vzcpt.resources.fds.eventfd import EventfdRecord  # noqa: E402
+from vzcpt.resources.fds.inotify import InotifyRecord  # noqa: E402
+from vzcpt.resources.fds.pidfd import PidfdRecord  # noqa: E402
+from vzcpt.resources.fds.signalfd import SignalfdRecord  # noqa: E402
+from vzcpt.resources.fds.timerfd import TimerfdRecord  # noqa: E402

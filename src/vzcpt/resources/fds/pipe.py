@@ -71,6 +71,8 @@ class PipeHandler:
             ctx.local_fds[("pipe-w", desc.pipe_id)] = w
         r, w = ends
         _fill(ctx, desc, w)
+        if ("pipe-filled", desc.pipe_id) in ctx.extra:
+            _drop_unheld_end(ctx, desc.pipe_id)
         end = w if desc.flags & os.O_ACCMODE == os.O_WRONLY else r
         fcntl.fcntl(end, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
         return end
@@ -116,6 +118,24 @@ class FifoHandler:
         )
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
         return fd
+
+
+def _drop_unheld_end(ctx: RestoreContext, pipe_id: int) -> None:
+    """Close at once the end of a pipe no process held (once its data is in): its
+    readers see end of file, or its writers EPIPE, already while the tree is
+    rebuilt, as an epoll watch added meanwhile must see them."""
+    held: dict[int, set[int]] | None = ctx.extra.get("pipe-ends")
+    if held is None:
+        held = {}
+        for d in ctx.image.records_of(FileDesc):
+            if d.kind == "pipe":  # O_RDWR (a pipe reopened through /proc) holds both
+                access = d.flags & os.O_ACCMODE
+                ends = {access} if access != os.O_RDWR else {os.O_RDONLY, os.O_WRONLY}
+                held.setdefault(d.pipe_id, set()).update(ends)
+        ctx.extra["pipe-ends"] = held
+    for key, access in (("pipe-r", os.O_RDONLY), ("pipe-w", os.O_WRONLY)):
+        if access not in held.get(pipe_id, set()) and (key, pipe_id) in ctx.local_fds:
+            os.close(ctx.local_fds.pop((key, pipe_id)))
 
 
 def _fill(ctx: RestoreContext, desc: FileDesc, writer: int) -> None:
