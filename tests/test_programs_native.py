@@ -31,6 +31,8 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "signals": (),
     "timers": (),
     "files": (),
+    "pty_pair": (),
+    "pty_session": (),
     "holder": ("16",),
 }
 

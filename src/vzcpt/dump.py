@@ -32,7 +32,7 @@ from vzcpt.proc.stat import parse_stat
 from vzcpt.proc.status import namespace_ids
 from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import DumpContext, Stats
-from vzcpt.resources.fds import unix
+from vzcpt.resources.fds import tty, unix
 from vzcpt.resources.fds.table import dump_table
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
@@ -49,12 +49,14 @@ def dump_tree(
     own_pid_namespace: bool = False,
     extra_records: list[object] | None = None,
     held_by: Freezer | None = None,
+    shell_job: bool = False,
 ) -> Stats:
     """Save the tree rooted at `root` into `dumpfile` ("-" for standard output).
 
     With `held_by`, the tree is frozen by that cgroup freezer (a suspended
     VE): it is seized as it is, and if it is not killed it is left frozen
-    again, whatever happens.
+    again, whatever happens. With `shell_job`, the tree may hold the terminal
+    it was started from (resources/fds/tty.py).
     """
     stats = stats or Stats()
     started = time.monotonic()
@@ -73,7 +75,9 @@ def dump_tree(
         out = create_dumpfile(dumpfile)
         collect_started = time.monotonic()
         with _BackgroundSync(out if dumpfile != "-" else None):
-            _write_dump(tree, out, compress, stats, own_pid_namespace, extra_records or [])
+            _write_dump(
+                tree, out, compress, stats, own_pid_namespace, extra_records or [], shell_job
+            )
         stats.add_time("dump", time.monotonic() - collect_started)
         if leave == "running":
             # Everything is captured: a tree that runs on needn't wait for the disk.
@@ -145,9 +149,10 @@ def _write_dump(
     stats: Stats,
     own_pid_namespace: bool,
     extra_records: list[object],
+    shell_job: bool,
 ) -> None:
     writer = DumpWriter(out, compress=compress)
-    ctx = DumpContext(writer=writer, stats=stats)
+    ctx = DumpContext(writer=writer, stats=stats, shell_job=shell_job)
     if own_pid_namespace:
         # The tree is a VE: it is saved with the ids its programs know (its
         # root is pid 1), so that it can be rebuilt in a fresh pid namespace.
@@ -172,6 +177,7 @@ def _write_dump(
             writer.write_record(_dump_process(ctx, tree, pid))
             stats.processes += 1
         unix.check_peers(ctx.records)
+        tty.finish_dump(ctx, tree.pids, tree.zombies)
         for rec in [*ctx.records, *extra_records]:
             writer.write_record(rec)
         writer.close()

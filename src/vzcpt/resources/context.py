@@ -53,6 +53,8 @@ class DumpContext:
     # Host pid/tid -> the id the programs know it by (in their pid namespace);
     # empty when they share ours.
     ids: dict[int, int] = field(default_factory=dict)
+    # The tree is a job of a shell: it may hold the terminal it was started from.
+    shell_job: bool = False
 
     def saved_id(self, host_id: int) -> int:
         return self.ids.get(host_id, host_id)
@@ -85,6 +87,8 @@ class RestoreContext:
     # True when the programs get an IPC namespace of their own, whose System V
     # objects were recreated from the dump (a VE); else they use ours.
     own_ipc: bool = False
+    # The tree continues as a job on the restorer's terminal (its standard input).
+    shell_job: bool = False
 
     def host_path(self, path: str) -> str:
         """The path by which the restorer reaches a file the programs name `path`."""
