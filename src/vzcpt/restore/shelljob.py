@@ -9,8 +9,9 @@ standard input) in the place of that terminal:
   the terminal as a session leader, e.g. by tmux or sshd), the restore's
   terminal must be one it can take: nobody's, or that of a session the
   restorer leads, which hands it over (`tmux new-session 'vzcpt restore
-  --shell-job ...'`). The terminal of another session, e.g. of the shell the
-  restore runs in, is refused: it cannot have two sessions.
+  --shell-job ...'`, `setsid -w -c vzcpt restore --shell-job ...`). The
+  terminal of another session, e.g. of the shell the restore runs in, is
+  refused: a terminal belongs to one session.
 - `hand_over`, while the tree is still stopped: the job's saved terminal
   settings are applied (an editor left the terminal raw: it still is);
   when the tree lives in the restorer's session (a job of a shell, the usual
@@ -65,7 +66,8 @@ def check(files: Iterable[FileDesc]) -> bool:
         raise VzcptError(
             f"process {state.session} of the dump led a session on its terminal, and this "
             f"terminal is the controlling terminal of session {owner}: restore from a "
-            "terminal of its own, e.g. tmux new-session 'vzcpt restore --shell-job ...'"
+            "terminal of its own (tmux new-session 'vzcpt restore --shell-job ...', "
+            "setsid -w -c vzcpt restore --shell-job ...)"
         )
     return owner == os.getpid()
 
