@@ -283,6 +283,11 @@ def sigttou_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def take_controlling(fd: int) -> None:
+    """Make the tty on `fd` our controlling terminal (we lead a session without one)."""
+    _ioctl(fd, TIOCSCTTY, 0, "TIOCSCTTY")
+
+
 def set_foreground(fd: int, pgid: int) -> None:
     with sigttou_blocked():
         try:
