@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cpt import VZCPT, vzcpt
 from harness import Program, all_processes
 from terminal import Tmux, typist
@@ -76,6 +78,16 @@ def test_interactive_shell_in_a_pty(tmp_path: Path) -> None:
             term.type("exit\r")
             term.expect_end()  # the shell's side closed: the relay let go
         wait_line(prog.report, "DONE")
+
+
+@pytest.mark.parametrize("name", ["pty_pair", "pty_session"])
+def test_ptys_untouched_by_a_dump_that_leaves_them_running(name: str, tmp_path: Path) -> None:
+    """The queues are read to be saved, and put back at once: the tree finds them as
+    they were (its own checks after SIGUSR1 read every byte)."""
+    with Program.start(name, tmp_path=tmp_path) as prog:
+        prog.wait_ready()
+        vzcpt("dump", "--leave-running", "-t", prog.pid, "-o", tmp_path / "dump.img")
+        assert prog.verify() == "OK"
 
 
 def test_pty_with_its_slave_outside_is_refused(tmp_path: Path) -> None:

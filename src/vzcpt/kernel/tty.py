@@ -217,7 +217,7 @@ def inject(fd: int, data: bytes) -> None:
         _ioctl(fd, TIOCSTI, bytes((byte,)), "TIOCSTI")
 
 
-def open_ptmx_at(ptmx: str, index: int, flags: int, patience: int = 1024) -> int:
+def open_ptmx_at(ptmx: str, index: int, flags: int) -> int:
     """Open a new pty master with exactly this index, or raise FileExistsError.
 
     devpts hands out the lowest free index: the masters opened on the way to
@@ -225,7 +225,7 @@ def open_ptmx_at(ptmx: str, index: int, flags: int, patience: int = 1024) -> int
     """
     spare: list[int] = []
     try:
-        for _ in range(min(index + 1, patience)):
+        for _ in range(index + 1):
             fd = os.open(ptmx, flags | os.O_NOCTTY | os.O_CLOEXEC)
             got = pty_index(fd)
             if got == index:

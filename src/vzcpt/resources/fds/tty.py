@@ -49,6 +49,7 @@ SHELL_JOB_HINT = (
     "dump it with --shell-job, and restore it with --shell-job from the terminal it is "
     "to continue on"
 )
+VE_HINT = "start it in the VE with its input and output away from the caller's terminal"
 
 
 def pty_number(rdev: int) -> int:
@@ -229,7 +230,7 @@ def _the_external_terminal(ctx: DumpContext, seen: _Seen) -> _Held | None:
     if not ctx.shell_job:
         raise Unsupported(
             f"process {first.pid} holds the terminal {first.desc.path}, which belongs to "
-            f"no pty of the tree (it was started from a terminal): {SHELL_JOB_HINT}"
+            f"no pty of the tree (it was started from a terminal): {_hint(ctx)}"
         )
     for other in seen.external[1:]:
         if other.desc.rdev != first.desc.rdev:
@@ -259,7 +260,7 @@ def _check_controlling(
         if not ctx.shell_job:
             raise Unsupported(
                 f"process {pid} has a controlling terminal outside the tree "
-                f"({os.major(st.tty_nr)}:{os.minor(st.tty_nr)}): {SHELL_JOB_HINT}"
+                f"({os.major(st.tty_nr)}:{os.minor(st.tty_nr)}): {_hint(ctx)}"
             )
         outside.add(st.tty_nr)
         if len(outside) > 1 or (terminal is not None and outside):
@@ -267,6 +268,11 @@ def _check_controlling(
                 f"process {pid} has another controlling terminal than the rest of the "
                 "shell job: a shell job has one terminal"
             )
+
+
+def _hint(ctx: DumpContext) -> str:
+    """What to do about a terminal from outside: a VE has no shell jobs."""
+    return VE_HINT if ctx.ids else SHELL_JOB_HINT
 
 
 def _slave_closed(pair: _Pair) -> bool:
