@@ -71,7 +71,6 @@ class _Held:
     desc: FileDesc
     pid: int
     local: int
-    dev: int  # st_dev: which devpts (or other file system) its node is on
 
 
 @dataclass
@@ -131,7 +130,7 @@ class TtyHandler:
         desc = FileDesc(
             id=0, kind=self.kind, flags=info.flags & ~os.O_CLOEXEC, path=link, rdev=st.st_rdev
         )
-        held = _Held(desc, pid, local, st.st_dev)
+        held = _Held(desc, pid, local)
         major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
         if (major, minor) == (TTYAUX_MAJOR, ktty.PTMX_MINOR):
             if link not in PTMX_PATHS or ktty.peer_device(local) != seen.devpts(pid):
