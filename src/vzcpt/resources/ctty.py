@@ -21,11 +21,12 @@ controlling terminal has it again, with its foreground process group.
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vzcpt.errors import VzcptError
+from vzcpt.errors import SyscallFailed, VzcptError
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr
 from vzcpt.kernel import tty as ktty
@@ -71,7 +72,15 @@ class SessionTerminals:
             return
         remote = self.ctx.channel.install(leader, [terminal.fd])[0]
         what = f"TIOCSCTTY of {terminal.what} in session {sid}"
-        leader.call(nr.IOCTL, remote, ktty.TIOCSCTTY, int(terminal.steal), what=what)
+        try:
+            leader.call(nr.IOCTL, remote, ktty.TIOCSCTTY, int(terminal.steal), what=what)
+        except SyscallFailed as exc:
+            if exc.errno != errno.EPERM:
+                raise
+            raise VzcptError(
+                f"session {sid} of the dump cannot have {terminal.what} as its controlling "
+                "terminal: another session has it"
+            ) from exc
         leader.call(nr.CLOSE, remote, what="close of a passed terminal")
         self.acquired.add(sid)
 
