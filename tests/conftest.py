@@ -13,4 +13,5 @@ def _must_be_root() -> None:
         pytest.skip("vzcpt tests need root: run scripts/test as root")
 
 
+from terminal import tmux  # noqa: E402,F401  a private tmux server, for terminal tests
 from vehost import host  # noqa: E402,F401  the VE fixture, for every test module

@@ -63,7 +63,7 @@ def test_tree_in_a_network_namespace(tmp_path: Path, netns: str) -> None:
         assert prog.verify() == "OK"
 
 
-def test_terminal_is_refused_and_program_runs_on(tmp_path: Path) -> None:
+def test_terminal_outside_is_refused_and_program_runs_on(tmp_path: Path) -> None:
     master, slave = os.openpty()
     try:
         proc = subprocess.Popen(
@@ -75,6 +75,7 @@ def test_terminal_is_refused_and_program_runs_on(tmp_path: Path) -> None:
             assert result.returncode != 0
             line = result.stderr.strip()
             assert "\n" not in line and "terminal" in line and f"process {proc.pid}" in line
+            assert "--shell-job" in line
             assert not (tmp_path / "d.img").exists()
             assert proc.poll() is None
             assert all_processes()[proc.pid].state in "SR"

@@ -31,6 +31,8 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "signals": (),
     "timers": (),
     "files": (),
+    "pty_pair": (),
+    "pty_session": (),
     "holder": ("16",),
     "posix_mqueue": (f"vzcpt_native_{os.getpid()}",),  # removes its queues when it passes
     "evfd_eventfd": (),

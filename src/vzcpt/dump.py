@@ -33,7 +33,7 @@ from vzcpt.proc.stat import parse_stat
 from vzcpt.proc.status import namespace_ids
 from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import DumpContext, Stats
-from vzcpt.resources.fds import unix
+from vzcpt.resources.fds import tty, unix
 from vzcpt.resources.fds.table import dump_table
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
@@ -51,12 +51,14 @@ def dump_tree(
     extra_records: list[object] | None = None,
     held_by: Freezer | None = None,
     await_exit: bool = True,
+    shell_job: bool = False,
 ) -> Stats:
     """Save the tree rooted at `root` into `dumpfile` ("-" for standard output).
 
     With `held_by`, the tree is frozen by that cgroup freezer (a suspended
     VE): it is seized as it is, and if it is not killed it is left frozen
-    again, whatever happens.
+    again, whatever happens. With `shell_job`, the tree may hold the terminal
+    it was started from (resources/fds/tty.py).
     Without `await_exit`, a killed tree may still be dying when we return
     (for a caller that exits next: restore waits for pids of dying tasks).
     """
@@ -77,7 +79,9 @@ def dump_tree(
         out = create_dumpfile(dumpfile)
         collect_started = time.monotonic()
         with _BackgroundSync(out if dumpfile != "-" else None):
-            _write_dump(tree, out, compress, stats, own_pid_namespace, extra_records or [])
+            _write_dump(
+                tree, out, compress, stats, own_pid_namespace, extra_records or [], shell_job
+            )
         stats.add_time("dump", time.monotonic() - collect_started)
         if leave == "running":
             # Everything is captured: a tree that runs on needn't wait for the disk.
@@ -155,9 +159,10 @@ def _write_dump(
     stats: Stats,
     own_pid_namespace: bool,
     extra_records: list[object],
+    shell_job: bool,
 ) -> None:
     writer = DumpWriter(out, compress=compress)
-    ctx = DumpContext(writer=writer, stats=stats, pids=frozenset(tree.pids))
+    ctx = DumpContext(writer=writer, stats=stats, pids=frozenset(tree.pids), shell_job=shell_job)
     if own_pid_namespace:
         # The tree is a VE: it is saved with the ids its programs know (its
         # root is pid 1), so that it can be rebuilt in a fresh pid namespace.
@@ -182,6 +187,7 @@ def _write_dump(
             writer.write_record(_dump_process(ctx, tree, pid))
             stats.processes += 1
         unix.check_peers(ctx.records)
+        tty.finish_dump(ctx, tree.pids, tree.zombies)
         for rec in [*ctx.records, *extra_records]:
             writer.write_record(rec)
         writer.close()

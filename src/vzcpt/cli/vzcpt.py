@@ -28,15 +28,28 @@ def _parser() -> argparse.ArgumentParser:
         help="leave the tree stopped (SIGSTOP) after the dump",
     )
     dump.add_argument("--compress", action="store_true", help="compress pages with zstd")
+    dump.add_argument(
+        "--shell-job",
+        "-j",
+        action="store_true",
+        help="the tree was started from a shell: it may hold that shell's terminal",
+    )
     dump.add_argument("--stats", action="store_true", help="print times, pages and bytes")
 
     restore = sub.add_parser("restore", help="rebuild a tree from a dump file")
     restore.add_argument("--dumpfile", "-i", required=True, help="dump file, or - for stdin")
-    restore.add_argument(
+    restore_mode = restore.add_mutually_exclusive_group()
+    restore_mode.add_argument(
         "--leave-stopped",
         "-s",
         action="store_true",
         help="leave the restored tree stopped (SIGSTOP)",
+    )
+    restore_mode.add_argument(
+        "--shell-job",
+        "-j",
+        action="store_true",
+        help="continue the tree as the foreground job of this terminal, and wait for it",
     )
     restore.add_argument("--stats", action="store_true", help="print times, pages and bytes")
 
@@ -69,6 +82,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 compress=args.compress,
                 stats=Stats(on_progress=progress),
                 await_exit=False,  # we exit next; the kernel finishes the teardown
+                shell_job=args.shell_job,
             )
         finally:
             progress.done()
@@ -77,18 +91,25 @@ def _dispatch(args: argparse.Namespace) -> int:
             print_stats(stats)
         return 0
     if args.command == "restore":
-        from vzcpt.restore import restore_tree
+        from vzcpt.restore import restore_tree, shelljob
 
         progress = ProgressLine()
         stats = Stats(on_progress=progress)
         try:
-            root = restore_tree(args.dumpfile, leave_stopped=args.leave_stopped, stats=stats)
+            root = restore_tree(
+                args.dumpfile,
+                leave_stopped=args.leave_stopped,
+                stats=stats,
+                shell_job=args.shell_job,
+            )
         finally:
             progress.done()
-        print(root)
         if args.stats:
             print("restore statistics:", file=sys.stderr)
             print_stats(stats)
+        if args.shell_job:  # the terminal is the job's now: no output of ours on it
+            return shelljob.wait(root)
+        print(root)
         return 0
     if args.command == "show":
         from vzcpt.show import render_json, render_text

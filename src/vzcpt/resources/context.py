@@ -55,6 +55,8 @@ class DumpContext:
     ids: dict[int, int] = field(default_factory=dict)
     # Host pids of every process being dumped (zombies too).
     pids: frozenset[int] = frozenset()
+    # The tree is a job of a shell: it may hold the terminal it was started from.
+    shell_job: bool = False
 
     def saved_id(self, host_id: int) -> int:
         return self.ids.get(host_id, host_id)
@@ -95,6 +97,8 @@ class RestoreContext:
     # Run once every process is rebuilt, before any runs (e.g. seals that
     # would have refused the mappings made meanwhile).
     finishers: list[Callable[[], None]] = field(default_factory=list)
+    # The tree continues as a job on the restorer's terminal (its standard input).
+    shell_job: bool = False
 
     def host_path(self, path: str) -> str:
         """The path by which the restorer reaches a file the programs name `path`."""

@@ -7,15 +7,20 @@
     seed      one stopped copy of the restorer holds our gadget and scratch
               page at the start of the restore window, the vDSO parked
               there too, and nothing else: its own memory is gone
+    terminals every pty pair exists again at its number, with its settings
+              and queued data, held by the restorer (resources/fds/tty.py)
     tree      every process exists as a stopped stub with its saved pid,
-              parent, session and process group (restore/tree.py)
+              parent, session and process group (restore/tree.py); every
+              session that had a controlling terminal has it again, with
+              its foreground group (resources/ctty.py)
     files     every stub holds its descriptors at their saved numbers, and
               its epoll instances their watches
     memory    every stub's address space is the saved one (vDSO moved in)
     state     threads cloned with their tids; signals, timers, limits,
               attributes, thread state; zombies have died as they died
     release   pending signals queued, scratch unmapped, credentials taken,
-              registers loaded, and every task detached at once
+              registers loaded, a shell job given the terminal
+              (restore/shelljob.py), and every task detached at once
 
 Any failure before `release` kills every process created so far: a failed
 restore leaves nothing behind.
@@ -35,12 +40,13 @@ from vzcpt.inject.freeze import Freezer
 from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask
 from vzcpt.kernel import nr, ptrace
 from vzcpt.kernel.probes import vdso_fingerprint
-from vzcpt.resources import memory, process, signals, thread, timers
+from vzcpt.resources import ctty, memory, process, signals, thread, timers
 from vzcpt.resources.context import RestoreContext, Stats
-from vzcpt.resources.fds import FileDesc, epoll
+from vzcpt.resources.fds import FileDesc, epoll, tty
 from vzcpt.resources.fds.regular import check_unchanged
 from vzcpt.resources.fds.table import restore_table
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
+from vzcpt.restore import shelljob
 from vzcpt.restore.seed import SeedLauncher, fork_seed, spawn_seed
 from vzcpt.restore.tree import TreeBuilder, check_ids, clone_thread
 from vzcpt.restore.window import choose_window
@@ -53,6 +59,7 @@ def restore_tree(
     stats: Stats | None = None,
     launch_init: SeedLauncher | None = None,
     hold: Freezer | None = None,
+    shell_job: bool = False,
 ) -> int:
     """Rebuild the dumped tree; return the root's host pid once it runs (or is stopped).
 
@@ -60,13 +67,15 @@ def restore_tree(
     (a VE), that launcher starts the VE's pid 1 in the VE's fresh namespaces
     and root, as the seed; the seed then becomes the saved init itself. With
     `hold` (the VE's cgroup freezer), the rebuilt tree is left frozen there.
+    With `shell_job`, the tree continues as a job on our terminal
+    (restore/shelljob.py: `shelljob.wait` then stays with it).
     """
     stats = stats or Stats()
     started = time.monotonic()
     image = open_dump(dumpfile)
     stats.add_time("read", time.monotonic() - started)
     try:
-        return _restore(image, leave_stopped, stats, started, launch_init, hold)
+        return _restore(image, leave_stopped, stats, started, launch_init, hold, shell_job)
     finally:
         image.close()
 
@@ -78,6 +87,7 @@ def _restore(
     started: float,
     launch_init: SeedLauncher | None,
     hold: Freezer | None,
+    shell_job: bool,
 ) -> int:
     headers = image.records_of(DumpHeader)
     if not headers:
@@ -88,9 +98,10 @@ def _restore(
     if not any(p.pid == header.root for p in procs):
         raise CorruptDump(f"the dump has no record of its root process {header.root}")
     _check_kernel(header)
+    steal_terminal = shelljob.check(files.values()) if shell_job else False
     if launch_init is None:
         check_ids(procs, header.root)  # a VE gets a fresh pid namespace
-        _check_files("", procs, files)
+        _check_files("", procs, files, shell_job)
     saved_ranges = [(v.start, v.end) for p in procs if p.mm for v in p.mm.vmas]
     window = choose_window(saved_ranges)
     max_fd = max((e.fd for p in procs for e in p.fds), default=2)
@@ -107,15 +118,20 @@ def _restore(
         fs_root=f"/proc/{seed.task.tid}/root" if launch_init else "",
         ns_pid=seed.task.tid if launch_init else 0,
         own_ipc=launch_init is not None,
+        shell_job=shell_job,
     )
     builder = TreeBuilder(seed.task, procs, header.root, root_is_seed=launch_init is not None)
     warnings: list[str] = []
     try:
         if launch_init is not None:
-            _check_files(ctx.fs_root, procs, files)  # reachable once the VE has its root
+            _check_files(ctx.fs_root, procs, files, shell_job)  # reachable once the VE has its root
         stage = time.monotonic()
+        tty.open_terminals(ctx, files.values())
+        terminals = ctty.SessionTerminals(ctx, files.values(), steal_external=steal_terminal)
+        builder.on_session = terminals.acquire
         tasks = builder.build()
         ctx.host_pids = {pid: task.tid for pid, task in tasks.items()}
+        terminals.set_foregrounds(tasks)
         stats.add_time("tree", time.monotonic() - stage)
         threads: dict[int, list[RemoteTask]] = {}
         for rec in procs:
@@ -132,6 +148,8 @@ def _restore(
                 _finish(rec, threads[rec.pid], window, channel_fd, baseline)
         stats.processes = len(procs)
         stats.threads = sum(len(t) for t in threads.values())
+        if shell_job:
+            shelljob.hand_over(procs, header.root, files.values())
     except BaseException:
         builder.kill_all()
         seed.kill()
@@ -165,14 +183,18 @@ def _check_kernel(header: DumpHeader) -> None:
         )
 
 
-def _check_files(fs_root: str, procs: list[ProcessRecord], files: dict[int, FileDesc]) -> None:
-    """Every file the programs mapped or held open is as it was at checkpoint."""
+def _check_files(
+    fs_root: str, procs: list[ProcessRecord], files: dict[int, FileDesc], shell_job: bool
+) -> None:
+    """Every file the programs mapped or held open is as it was at checkpoint; every
+    pty they held can be made again."""
     for rec in procs:
         if rec.mm is not None:
             memory.check_files(fs_root, rec.mm, rec.pid)
     for desc in files.values():
         if desc.kind == "regular" and not desc.deleted:
             check_unchanged(desc, fs_root + desc.path)
+    tty.check_restorable(fs_root, files.values(), shell_job)
 
 
 def _rebuild_process(

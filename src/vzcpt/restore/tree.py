@@ -4,8 +4,10 @@ Every stub is made by an injected clone3() with set_tid, from the stub of its
 parent (the root from the seed, with CLONE_PARENT so that the restorer is its
 parent, as `criu restore -d` leaves it). A child inherits the session of the
 process that clones it, so a process that leads its own session calls
-setsid() only after cloning those of its children that stayed in the old one.
-Process groups are joined once every process exists.
+setsid() only after cloning those of its children that stayed in the old one;
+right after, `on_session` may give the new session its controlling terminal,
+which the members cloned next inherit. Process groups are joined once every
+process exists.
 
 Once `build_tree` returns: every saved process and zombie exists with its
 pid, parent, session and process group; each live one is a stopped stub (a
@@ -19,6 +21,7 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from vzcpt.errors import PidBusy, SyscallFailed, Unsupported, VzcptError
 from vzcpt.inject.freeze import reap_tracees
@@ -117,9 +120,15 @@ class TreeBuilder:
     are reaped by their parent before anything runs."""
 
     def __init__(
-        self, seed: RemoteTask, procs: list[ProcessRecord], root: int, root_is_seed: bool = False
+        self,
+        seed: RemoteTask,
+        procs: list[ProcessRecord],
+        root: int,
+        root_is_seed: bool = False,
+        on_session: Callable[[int, RemoteTask], None] | None = None,
     ) -> None:
         self.seed = seed
+        self.on_session = on_session  # called with each new live session and its leader
         self.root_is_seed = root_is_seed  # a VE's init: the seed is already its pid 1
         self.procs = {p.pid: p for p in procs}
         self.children: dict[int, list[ProcessRecord]] = {}
@@ -155,6 +164,8 @@ class TreeBuilder:
                 self._child(rec.pid, task, kid)
             task.call(nr.SETSID, what="setsid")
             self.session_of[rec.pid] = rec.pid
+            if self.on_session is not None:
+                self.on_session(rec.pid, task)
             kids = [k for k in kids if k not in first]
         for kid in kids:
             self._child(rec.pid, task, kid)

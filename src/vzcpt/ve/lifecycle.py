@@ -26,7 +26,7 @@ from vzcpt.errors import VzcptError
 from vzcpt.proc import files as procfs
 from vzcpt.proc.stat import parse_stat
 from vzcpt.resources.context import Stats
-from vzcpt.ve import checkpoint, init, net, rootfs, templates
+from vzcpt.ve import checkpoint, console, init, net, rootfs, templates
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig, load_global, load_ve
 from vzcpt.ve.launch import launch_pid1
@@ -265,7 +265,11 @@ class VE:
     # --- inside --------------------------------------------------------------
 
     def exec(self, command: list[str], *, interactive: bool = False) -> int:
-        """Run a command inside the running VE; return its exit status."""
+        """Run a command inside the running VE; return its exit status.
+
+        `interactive` (vzctl enter) from a terminal: the command gets a pty of
+        the VE's own (ve/console.py); otherwise it shares our descriptors.
+        """
         rec = self.state()
         check_transition("enter" if interactive else "exec", rec.state, self.veid)
         assert rec.init_pid is not None
@@ -289,6 +293,9 @@ class VE:
             f"TERM={os.environ.get('TERM', 'dumb')}",
             *command,
         ]
+        if interactive and os.isatty(0):
+            ptmx = f"/proc/{rec.init_pid}/root/dev/pts/ptmx"
+            return console.run_on_pty(argv, ptmx, lambda: cgroups.add(os.getpid()))
         proc = subprocess.run(
             argv, cwd="/", preexec_fn=lambda: cgroups.add(os.getpid()), check=False
         )

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from vzcpt.errors import Unsupported
 from vzcpt.image.schema import record
+from vzcpt.kernel.tty import Termios, WinSize
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
 from vzcpt.resources.mqueue import MqDescription
@@ -62,6 +63,39 @@ class UnixSocketRecord:
     file_gid: int = 0
 
 
+@dataclass
+class TtyState:
+    """A terminal as its readers and writers left it: saved once per pty pair (with the
+    first of its descriptions), and for the terminal of a shell job."""
+
+    termios: Termios
+    winsize: WinSize
+    locked_termios: Termios | None = None
+    locked: bool = False  # TIOCSPTLCK: the slave cannot be opened
+    packet: bool = False  # TIOCPKT on the master
+    exclusive: bool = False  # TIOCEXCL on the slave
+    slave_open: bool = True  # False once every slave was closed (the master reads EIO)
+    session: int = 0  # whose controlling terminal it is (saved id); 0: none, or outside
+    foreground: int = 0  # its foreground process group (saved id), 0 if none in the tree
+    input: bytes = b""  # for the slave's readers: whole lines, then a partial one
+    output: bytes = b""  # for the master's reader
+    mode: int = 0o620  # of /dev/pts/N
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass
+class TtyRecord:
+    """Which terminal a description is: one side of a pty of the tree, or the terminal
+    of a shell job (outside the tree, given back at restore by the restore's own)."""
+
+    role: str  # master | slave | external
+    index: int = -1  # the pty's number N (/dev/pts/N); -1 for the external terminal
+    state: TtyState | None = None
+
+
 @record("file")
 @dataclass
 class FileDesc:
@@ -88,6 +122,7 @@ class FileDesc:
     inotify: InotifyRecord | None = None
     pidfd: PidfdRecord | None = None
     memfd: int = 0  # the MemfdRecord of a memfd
+    tty: TtyRecord | None = None
 
 
 class Handler(Protocol):
@@ -125,6 +160,7 @@ def catalogue() -> list[Handler]:
         regular,
         signalfd,
         timerfd,
+        tty,
         unix,
     )
 
@@ -133,6 +169,7 @@ def catalogue() -> list[Handler]:
         memfd.HANDLER,  # before regular files: a memfd is one, unlinked
         regular.HANDLER,
         directory.HANDLER,
+        tty.HANDLER,  # before chrdev: terminals are character devices too
         chrdev.HANDLER,
         pipe.HANDLER,
         pipe.FIFO_HANDLER,

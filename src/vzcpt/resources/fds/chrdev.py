@@ -1,7 +1,6 @@
 """Character devices such as /dev/null, /dev/zero, /dev/urandom: path, device number, flags.
 
-Terminals are character devices too, but they are the subject of their own
-module: a tty here is refused until then.
+Terminals are character devices too: resources/fds/tty.py claims them first.
 """
 
 from __future__ import annotations
@@ -16,9 +15,6 @@ from vzcpt.resources.fds import FileDesc
 
 # Memory devices (major 1): null, zero, full, random, urandom, ...
 SIMPLE_MAJORS = {1}
-# Terminals: virtual consoles and serial lines (4), /dev/tty and ptmx (5),
-# pseudo-terminal slaves (136-143).
-TTY_MAJORS = {4, 5, *range(136, 144)}
 
 
 class CharDeviceHandler:
@@ -37,12 +33,6 @@ class CharDeviceHandler:
         st: os.stat_result,
         info: FdInfo,
     ) -> FileDesc:
-        if os.major(st.st_rdev) in TTY_MAJORS:
-            raise Unsupported(
-                f"process {pid}: descriptor {fd} is the terminal {link}, which vzcpt cannot "
-                "checkpoint yet: start the program with setsid and its input and output "
-                "redirected (e.g. setsid prog </dev/null >log 2>&1)"
-            )
         if os.major(st.st_rdev) not in SIMPLE_MAJORS:
             raise Unsupported(
                 f"process {pid}: descriptor {fd} is the character device {link} "
