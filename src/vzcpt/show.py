@@ -6,6 +6,7 @@ The rendering is driven by the same record declarations that encode the file
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.tree import Tree
 from vzcpt.image.schema import to_jsonable
 from vzcpt.image.stream import open_dump
 from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds.inet import describe_record
+from vzcpt.resources.fds.tcp import STATE_NAMES
+from vzcpt.resources.netlock import NetLockRecord
 from vzcpt.resources.shmem import SharedMemRecord
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
@@ -60,6 +64,8 @@ def render_text(path: str) -> None:
                 f"shared memory {shm.id}: {shm.kind}, {shm.size:,} bytes, "
                 f"{page_bytes.get(shm.pages_owner, 0):,} stored"
             )
+        for lock in image.records_of(NetLockRecord):
+            console.print(f"network locked until restore: nftables table inet {lock.table}")
 
 
 def _label(p: ProcessRecord, page_bytes: dict[int, int]) -> str:
@@ -95,6 +101,10 @@ def _grow(
         for e in p.fds:
             f = files[e.file_id]
             what = f.path or f"pipe:[{f.pipe_id}]"
+            if f.inet is not None:
+                what = describe_record(f.inet)
+                if f.inet.type == socket.SOCK_STREAM:
+                    what += f" {STATE_NAMES.get(f.inet.state, '')}"
             fds.add(
                 f"{e.fd}: {f.kind} {what} pos {f.pos} flags {f.flags:#o}"
                 f"{' cloexec' if e.cloexec else ''}"

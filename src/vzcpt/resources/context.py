@@ -12,10 +12,13 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vzcpt.image.stream import DumpImage, DumpWriter
 from vzcpt.inject.fdpass import FdChannel
+
+if TYPE_CHECKING:
+    from vzcpt.resources.netlock import NetworkHold
 
 
 @dataclass
@@ -53,6 +56,8 @@ class DumpContext:
     # Host pid/tid -> the id the programs know it by (in their pid namespace);
     # empty when they share ours.
     ids: dict[int, int] = field(default_factory=dict)
+    # The network lock of this dump, once the tree's sockets are locked.
+    network: NetworkHold | None = None
 
     def saved_id(self, host_id: int) -> int:
         return self.ids.get(host_id, host_id)
@@ -85,6 +90,9 @@ class RestoreContext:
     # True when the programs get an IPC namespace of their own, whose System V
     # objects were recreated from the dump (a VE); else they use ours.
     own_ipc: bool = False
+    # The network namespace the programs' sockets are made in (/proc/PID/ns/net
+    # of a process in the VE), or "" for ours.
+    netns: str = ""
 
     def host_path(self, path: str) -> str:
         """The path by which the restorer reaches a file the programs name `path`."""

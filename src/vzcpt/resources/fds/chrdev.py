@@ -24,7 +24,7 @@ TTY_MAJORS = {4, 5, *range(136, 144)}
 class CharDeviceHandler:
     kind = "chrdev"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return stat.S_ISCHR(st.st_mode)
 
     def dump(

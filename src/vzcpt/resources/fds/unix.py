@@ -11,8 +11,8 @@ queue is refilled by sending from the other side, in order; a listening
 socket is bound to its name and listens with its backlog; a bound datagram
 socket is bound again; a connection accepted by a listener is made again
 through a listener on that name, so both ends keep their names. Refused at
-checkpoint, with a line naming process, descriptor and reason: sockets of
-other families (TCP, UDP, netlink...), a peer outside the tree, datagram
+checkpoint, with a line naming process, descriptor and reason: a peer
+outside the tree, datagram
 sockets connected to a named one, connections not yet accepted, descriptors
 in flight, named sockets in a VE.
 """
@@ -27,6 +27,7 @@ import stat
 
 from vzcpt.errors import Unsupported, VzcptError
 from vzcpt.kernel.sockdiag import UnixSock, unix_sockets
+from vzcpt.kernel.sockopts import socket_kind
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
@@ -35,20 +36,14 @@ from vzcpt.resources.fds import FileDesc, UnixSocketRecord
 SO_PEEK_OFF = 42
 STATE_LISTEN = 10
 SHUT_BY_DIAG = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
-FAMILY_NAMES = {
-    socket.AF_INET: "a TCP/IP (IPv4)",
-    socket.AF_INET6: "a TCP/IP (IPv6)",
-    socket.AF_NETLINK: "a netlink",
-    socket.AF_PACKET: "a packet",
-}
 STATUS_FLAGS = os.O_NONBLOCK
 
 
 class UnixHandler:
     kind = "unix"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
-        return stat.S_ISSOCK(st.st_mode)
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
+        return stat.S_ISSOCK(st.st_mode) and socket_kind(local)[0] == socket.AF_UNIX
 
     def dump(
         self,
@@ -62,12 +57,6 @@ class UnixHandler:
     ) -> FileDesc:
         sock = socket.socket(fileno=os.dup(local))
         try:
-            if sock.family != socket.AF_UNIX:
-                what = FAMILY_NAMES.get(sock.family, f"a family {sock.family}")
-                raise Unsupported(
-                    f"process {pid}: descriptor {fd} is {what} socket, "
-                    "which vzcpt cannot checkpoint yet"
-                )
             diag = _diag(ctx, pid).get(st.st_ino)
             if diag is None:
                 raise Unsupported(
