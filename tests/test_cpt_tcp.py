@@ -4,14 +4,18 @@ locked while the tree is dumped; what is not supported is refused and runs on.""
 
 from __future__ import annotations
 
+import contextlib
+import random
 import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from cpt import vzcpt
 from harness import Program
-from netns import PYTHON, NetNs, namespace
+from netns import PYTHON, NetNs, joined_pair, namespace
 
 REAL = Path(__file__).parent / "programs" / "real"
 STATES = REAL / "tcp_states.py"
@@ -103,3 +107,79 @@ def test_refused_and_runs_on(what: str, tmp_path: Path) -> None:
             assert result.returncode != 0 and message in result.stderr, result.stderr
             assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
             assert prog.alive() and locks(ns) == []
+
+
+# --- a peer outside the tree -----------------------------------------------
+
+STREAM = REAL / "stream_peer.py"
+
+
+def counters(status: Path) -> tuple[int, int]:
+    """(sent, received) from a stream_peer status file; fails the test on its ERROR."""
+    try:
+        text = status.read_text().strip()
+    except FileNotFoundError:
+        return 0, 0
+    assert not text.startswith("ERROR"), f"{status.name}: {text}"
+    words = text.split()
+    return (int(words[1]), int(words[3])) if len(words) == 4 else (0, 0)
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def started(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("family", ["4", "6"])
+def test_connection_to_a_peer_outside_goes_on(family: str, tmp_path: Path) -> None:
+    """The acceptance test: the server is dumped (and killed) and restored while the
+    client, in another network namespace, streams both ways; the client sees no
+    error, and not one byte is lost or duplicated either way."""
+    port = str(random.randrange(20000, 60000))
+    with joined_pair() as (inside, outside):
+        address = inside.address if family == "4" else inside.address6
+        server_status, client_status = tmp_path / "server.status", tmp_path / "client.status"
+        argv = inside.argv([PYTHON, str(STREAM)])
+        with Program.command(
+            "stream_peer", argv, "server", address, port, server_status, tmp_path=tmp_path
+        ) as server:
+            server.wait_ready()
+            client_argv = [PYTHON, str(STREAM), "-", "client", address, port, str(client_status)]
+            with started(outside.argv(client_argv), tmp_path / "client.log") as client:
+                wait_for("both ends to stream", lambda: min(counters(client_status)) > 1 << 20)
+                dump = tmp_path / "dump.img"
+                inside.vzcpt("dump", "--pid", server.pid, "--dumpfile", dump)
+                server.wait_gone()
+                stopped = counters(client_status)
+                time.sleep(1)  # the server is gone: nothing comes, nothing resets
+                assert counters(client_status)[1] == stopped[1] and client.poll() is None
+                inside.vzcpt("restore", "--dumpfile", dump)
+                assert locks(inside) == []
+                wait_for(
+                    "the stream to go on both ways",
+                    lambda: (
+                        min(
+                            counters(client_status)[1] - stopped[1],
+                            counters(server_status)[1] - stopped[0],
+                        )
+                        > 4 << 20
+                    ),
+                )
+                assert client.poll() is None, (tmp_path / "client.log").read_text()
+                assert server.verify() == "OK"
