@@ -1,14 +1,17 @@
-"""Creating sockets in another network namespace, from this thread.
+"""Network namespaces of threads and sockets.
 
 A socket belongs to the network namespace of the thread that creates it,
 and setns(CLONE_NEWNET) moves only the calling thread: a restorer that stays
 in the host's namespaces steps into a VE's for the few calls that make its
-sockets, then steps back.
+sockets, then steps back. The other way round, ioctl(SIOCGSKNS) tells which
+namespace a socket belongs to (a descriptor on it), whichever process holds
+the socket.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 
@@ -38,6 +41,18 @@ def entered(path: str) -> Iterator[None]:
         os.close(home)
 
 
-def same_as_ours(path: str) -> bool:
-    """Is the namespace at `path` the one this thread is in?"""
-    return os.stat(path).st_ino == os.stat("/proc/thread-self/ns/net").st_ino
+SIOCGSKNS = 0x894C
+
+
+def of_socket(fd: int) -> int:
+    """A new descriptor on the network namespace the socket open at `fd` belongs to."""
+    return fcntl.ioctl(fd, SIOCGSKNS)
+
+
+def inode(ns_fd: int) -> int:
+    """The identity of the namespace open at `ns_fd`."""
+    return os.fstat(ns_fd).st_ino
+
+
+def ours() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino

@@ -102,14 +102,17 @@ def lock_script(table: str, mark: int, blocked: Blocked) -> str:
 
 
 def _nft(
-    args: list[str], netns: str, script: str | None = None
+    args: list[str], netns: int | None, script: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     nft = shutil.which("nft") or "/usr/sbin/nft"
     argv = [nft, *args]
-    if netns:
-        argv = ["nsenter", f"--net={netns}", "--", *argv]
+    keep: tuple[int, ...] = ()
+    if netns is not None:  # nsenter finds the namespace at the descriptor it inherits
+        argv, keep = ["nsenter", f"--net=/proc/self/fd/{netns}", "--", *argv], (netns,)
     try:
-        return subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+        return subprocess.run(
+            argv, input=script, capture_output=True, text=True, check=False, pass_fds=keep
+        )
     except FileNotFoundError as exc:
         raise VzcptError(
             f"cannot run {exc.filename}: install nftables (the nft command) to checkpoint "
@@ -117,15 +120,15 @@ def _nft(
         ) from exc
 
 
-def lock(table: str, mark: int, blocked: Blocked, netns: str = "") -> None:
-    """Create the lock table in the namespace at path `netns` ("" for ours)."""
+def lock(table: str, mark: int, blocked: Blocked, netns: int | None = None) -> None:
+    """Create the lock table in the namespace open at descriptor `netns` (None: ours)."""
     done = _nft(["-f", "-"], netns, lock_script(table, mark, blocked))
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or ["no message"])[0]
         raise VzcptError(f"could not lock the network of the tree with nftables: {why}")
 
 
-def unlock(table: str, netns: str = "") -> bool:
+def unlock(table: str, netns: int | None = None) -> bool:
     """Delete the lock table; False when it was not there."""
     done = _nft(["delete", "table", "inet", table], netns)
     if done.returncode == 0:
@@ -134,7 +137,3 @@ def unlock(table: str, netns: str = "") -> bool:
         return False
     why = (done.stderr.strip().splitlines() or ["no message"])[0]
     raise VzcptError(f"could not unlock the network (nftables table {table}): {why}")
-
-
-def exists(table: str, netns: str = "") -> bool:
-    return _nft(["list", "table", "inet", table], netns).returncode == 0

@@ -1,11 +1,8 @@
-"""sock_diag(7): unix and inet sockets of a network namespace, by inode.
+"""sock_diag(7) for unix sockets: type, state, name, peer and queue lengths by inode.
 
-Nothing else tells which socket is the peer of a unix socket: UNIX_DIAG_PEER
-gives its inode. For TCP and UDP sockets it gives, without touching them,
-the addresses and state of every socket a tree holds: what the network lock
-of a checkpoint must block, before any socket is read. A query sees the
-sockets of one network namespace; for another one (a VE's) it runs in a
-child that joins that namespace.
+Nothing else tells which socket is the peer of a socket: UNIX_DIAG_PEER
+gives its inode. The query sees the sockets of one network namespace; for
+another one (a VE's) it runs in a child that joins that namespace.
 """
 
 from __future__ import annotations
@@ -34,50 +31,6 @@ class UnixSock:
     rqueue: int  # listeners: connections waiting to be accepted
     wqueue: int
     shutdown: int
-
-
-@dataclass(frozen=True)
-class InetSock:
-    ino: int
-    protocol: int  # socket.IPPROTO_TCP or IPPROTO_UDP
-    state: int  # TCP state (10 listen, 7 close, ...); UDP: 1 connected, 7 not
-    src: str
-    sport: int
-    dst: str
-    dport: int
-
-
-ALL_STATES = 0xFFFFFFFF
-
-
-def inet_sockets(netns_of: int | None = None) -> dict[int, InetSock]:
-    """Every TCP and UDP socket (IPv4 and IPv6) of our namespace, or of that of `netns_of`."""
-    if netns_of is None or _same_netns(netns_of):
-        return _query_inet()
-    found = in_namespace(
-        netns_of, "net", lambda: [asdict(s) for s in _query_inet().values()], "list inet sockets"
-    )
-    return {s["ino"]: InetSock(**s) for s in found}
-
-
-def _query_inet() -> dict[int, InetSock]:
-    found: dict[int, InetSock] = {}
-    with DiagSocket() as diag:
-        diag.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for protocol in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
-                for msg in diag.get_sock_stats(family=family, protocol=protocol, states=ALL_STATES):
-                    if msg["idiag_inode"]:  # 0: time-wait and request sockets, held by no file
-                        found[msg["idiag_inode"]] = InetSock(
-                            ino=msg["idiag_inode"],
-                            protocol=protocol,
-                            state=msg["idiag_state"],
-                            src=msg["idiag_src"],
-                            sport=msg["idiag_sport"],
-                            dst=msg["idiag_dst"],
-                            dport=msg["idiag_dport"],
-                        )
-    return found
 
 
 def unix_sockets(netns_of: int | None = None) -> dict[int, UnixSock]:

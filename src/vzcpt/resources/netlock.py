@@ -41,15 +41,15 @@ import socket
 from dataclasses import dataclass
 
 from vzcpt.image.schema import record
-from vzcpt.kernel import nftables
-from vzcpt.kernel.netns import same_as_ours
-from vzcpt.kernel.sockdiag import InetSock, inet_sockets
-from vzcpt.kernel.tcp_repair import REPAIR_OFF_NO_PROBE, REPAIR_ON, set_repair
+from vzcpt.kernel import netns, nftables
+from vzcpt.kernel.fds import steal_fd
+from vzcpt.kernel.tcp_repair import REPAIR_OFF_NO_PROBE, REPAIR_ON, set_repair, tcp_info
 from vzcpt.proc import files as procfs
 
 MARK = 0x7A63_7074  # "zcpt": packets the restorer sends past its own lock
 TCP_LISTEN = 10
-TCP_CLOSE = 7
+INET = (socket.AF_INET, socket.AF_INET6)
+KINDS = ((socket.SOCK_STREAM, socket.IPPROTO_TCP), (socket.SOCK_DGRAM, socket.IPPROTO_UDP))
 
 
 @record("netlock")
@@ -70,42 +70,60 @@ class _Repairing:
 class NetworkHold:
     """The lock of one dump, and the connections it put in repair mode."""
 
-    def __init__(self, table: str, namespaces: list[str], covered: set[int]) -> None:
+    def __init__(self, table: str) -> None:
         self.table = table
-        self.namespaces = namespaces  # where the table is: /proc/PID/ns/net, "" for ours
-        self.covered = covered  # inodes of the sockets the lock blocks
+        # The namespaces the table is in: a descriptor on each, None for ours.
+        self.locked: list[int | None] = []
+        self.covered: set[int] = set()  # inodes of the sockets the lock blocks
         self.repairing: list[_Repairing] = []
 
     @classmethod
     def take(cls, pids: list[int]) -> NetworkHold:
-        """Lock the sockets held by the (frozen) processes `pids`."""
-        table = f"vzcpt_{os.getpid()}_{secrets.token_hex(4)}"
-        by_netns: dict[int, tuple[int, set[int]]] = {}
-        for pid in pids:
-            inodes = _socket_inodes(pid)
-            if inodes:
-                ns = procfs.stat(pid, "ns/net").st_ino
-                by_netns.setdefault(ns, (pid, set()))[1].update(inodes)
-        hold = cls(table, [], set())
+        """Lock the TCP and UDP sockets the (frozen) processes `pids` hold.
+
+        Each socket is locked in its own network namespace (SIOCGSKNS), which
+        is its process's unless the process moved after making it.
+        """
+        hold = cls(f"vzcpt_{os.getpid()}_{secrets.token_hex(4)}")
+        here = netns.ours()
+        blocked: dict[int, tuple[int | None, nftables.Blocked]] = {}
         try:
-            for pid, inodes in by_netns.values():
-                sockets = inet_sockets(pid)
-                blocked = nftables.Blocked()
-                for ino in inodes & sockets.keys():
-                    if _block(blocked, sockets[ino]):
-                        hold.covered.add(ino)
-                if blocked:
-                    netns = _netns_path(pid)
-                    hold.namespaces.append(netns)
-                    nftables.lock(table, MARK, blocked, netns)
+            seen: set[int] = set()
+            for pid in pids:
+                for fd, ino in _sockets(pid):
+                    if ino in seen:
+                        continue
+                    seen.add(ino)
+                    local = steal_fd(pid, fd)
+                    try:
+                        ns_fd = netns.of_socket(local)
+                        ns = netns.inode(ns_fd)
+                        if ns not in blocked:
+                            blocked[ns] = (None if ns == here else ns_fd, nftables.Blocked())
+                        if blocked[ns][0] != ns_fd:
+                            os.close(ns_fd)
+                        if _block(blocked[ns][1], local):
+                            hold.covered.add(ino)
+                    finally:
+                        os.close(local)
+            for where, what in blocked.values():
+                if what:
+                    nftables.lock(hold.table, MARK, what, where)
+                    hold.locked.append(where)
+                elif where is not None:
+                    os.close(where)
         except BaseException:
-            hold.release()
+            locked = set(hold.locked)
+            hold.release()  # closes those
+            for where, _ in blocked.values():
+                if where is not None and where not in locked:
+                    os.close(where)
             raise
         return hold
 
     @property
     def record(self) -> NetLockRecord | None:
-        return NetLockRecord(self.table) if self.namespaces else None
+        return NetLockRecord(self.table) if self.locked else None
 
     def enter_repair(self, sock: socket.socket, reuseaddr: int) -> None:
         """Put the connection `sock` (ours to keep) in repair mode, to be left on release."""
@@ -118,43 +136,58 @@ class NetworkHold:
             with contextlib.suppress(OSError):
                 set_repair(held.sock, REPAIR_OFF_NO_PROBE)
                 held.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, held.reuseaddr)
-        self.keep()
-        namespaces, self.namespaces = self.namespaces, []
-        for netns in namespaces:
-            nftables.unlock(self.table, netns)
+        self._drop_handles()
+        locked, self.locked = self.locked, []
+        try:
+            for ns_fd in locked:
+                nftables.unlock(self.table, ns_fd)
+        finally:
+            for ns_fd in locked:
+                if ns_fd is not None:
+                    os.close(ns_fd)
 
     def keep(self) -> None:
         """The tree is gone (or stays stopped): connections stay in repair mode, lock stays."""
+        self._drop_handles()
+        for ns_fd in self.locked:
+            if ns_fd is not None:
+                os.close(ns_fd)
+        self.locked = []
+
+    def _drop_handles(self) -> None:
         for held in self.repairing:
             held.sock.close()
         self.repairing.clear()
 
 
-def _socket_inodes(pid: int) -> set[int]:
-    found = set()
+def _sockets(pid: int) -> list[tuple[int, int]]:
+    """(descriptor, inode) of each socket process `pid` holds."""
+    found = []
     for fd in procfs.fds(pid):
         with contextlib.suppress(FileNotFoundError):
             link = procfs.readlink(pid, f"fd/{fd}")
             if link.startswith("socket:["):
-                found.add(int(link[len("socket:[") : -1]))
+                found.append((fd, int(link[len("socket:[") : -1])))
     return found
 
 
-def _block(blocked: nftables.Blocked, sock: InetSock) -> bool:
-    """Add what the lock must drop for `sock`; False when nothing can reach it."""
-    if sock.protocol == socket.IPPROTO_UDP:
-        if sock.sport:
-            blocked.udp_ports.append((sock.src, sock.sport))
-        return bool(sock.sport)
-    if sock.state == TCP_LISTEN:
-        blocked.tcp_ports.append((sock.src, sock.sport))
-        return True
-    if sock.state == TCP_CLOSE:
-        return False
-    blocked.connections.append((sock.src, sock.sport, sock.dst, sock.dport))
+def _block(blocked: nftables.Blocked, local: int) -> bool:
+    """Add what the lock must drop for the socket at `local`; False if nothing reaches it."""
+    with socket.socket(fileno=os.dup(local)) as sock:
+        if sock.family not in INET or (sock.type, sock.proto) not in KINDS:
+            return False
+        host, port = sock.getsockname()[:2]
+        if sock.proto == socket.IPPROTO_UDP:
+            if port:
+                blocked.udp_ports.append((host, port))
+            return bool(port)
+        state = tcp_info(sock).state
+        if state == TCP_LISTEN:
+            blocked.tcp_ports.append((host, port))
+            return True
+        try:
+            peer_host, peer_port = sock.getpeername()[:2]
+        except OSError:  # ENOTCONN: closed, or still connecting (refused when dumped)
+            return False
+    blocked.connections.append((host, port, peer_host, peer_port))
     return True
-
-
-def _netns_path(pid: int) -> str:
-    path = f"/proc/{pid}/ns/net"
-    return "" if same_as_ours(path) else path

@@ -407,15 +407,24 @@ def resume_network(ctx: RestoreContext) -> None:
     from vzcpt.kernel import nftables
 
     for lock in ctx.image.records_of(netlock.NetLockRecord):
-        nftables.unlock(lock.table, ctx.netns)
+        ns_fd = os.open(ctx.netns, os.O_RDONLY | os.O_CLOEXEC) if ctx.netns else None
+        try:
+            nftables.unlock(lock.table, ns_fd)
+        finally:
+            if ns_fd is not None:
+                os.close(ns_fd)
     restored: list[tcp_stream.RestoredConnection] = ctx.extra.pop(RESTORED, [])
     for conn in restored:
         tcp_stream.resume(conn)
 
 
 def _mark(ctx: RestoreContext) -> int:
-    locks = ctx.image.records_of(netlock.NetLockRecord)
-    return locks[0].mark if locks else netlock.MARK
+    """The mark that passes the dump's lock (looked up once: the image holds many records)."""
+    if "netlock-mark" not in ctx.extra:
+        locks = ctx.image.records_of(netlock.NetLockRecord)
+        ctx.extra["netlock-mark"] = locks[0].mark if locks else netlock.MARK
+    mark: int = ctx.extra["netlock-mark"]
+    return mark
 
 
 def _give_datagrams(ctx: RestoreContext, sock: socket.socket, rec: InetSocketRecord) -> None:
