@@ -387,7 +387,7 @@ def _rebuild_connection(
     tcp_stream.restore_stream(sock, stream, local, peer, _mark(ctx))
     ctx.extra.setdefault(RESTORED, []).append(
         tcp_stream.RestoredConnection(
-            sock=socket.socket(fileno=os.dup(sock.fileno())),
+            fd=sock.fileno(),  # the descriptor open() returns
             unsent=stream.send_queue[len(stream.send_queue) - stream.unsent :],
             fin_sent=stream.fin_sent,
             reuseaddr=reuseaddr,

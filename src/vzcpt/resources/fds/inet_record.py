@@ -6,6 +6,7 @@ import cycle.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 
@@ -18,8 +19,6 @@ class Endpoint:
     scope_id: int = 0  # IPv6 link-local: the interface index
 
     def sockaddr(self, family: int) -> tuple[str, int] | tuple[str, int, int, int]:
-        import socket
-
         if family == socket.AF_INET6:
             return (self.host, self.port, 0, self.scope_id)
         return (self.host, self.port)

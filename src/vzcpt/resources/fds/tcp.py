@@ -26,6 +26,7 @@ packets with the FINs the other way round; the program sees no difference.
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -108,7 +109,7 @@ def dump_stream(sock: socket.socket, state: int, where: str) -> TcpStreamRecord:
 class RestoredConnection:
     """A connection rebuilt in repair mode, and what to do once it may talk again."""
 
-    sock: socket.socket  # our own handle on it
+    fd: int  # the restorer's descriptor on it (RestoreContext.local_fds closes it)
     unsent: bytes
     fin_sent: bool
     reuseaddr: int  # SO_REUSEADDR to put back (leaving repair mode clears it)
@@ -166,7 +167,7 @@ def _receive_fin(
 
 def resume(conn: RestoredConnection) -> None:
     """Out of repair mode (a window probe tells the peer we are back), then send the rest."""
-    sock = conn.sock
+    sock = socket.socket(fileno=os.dup(conn.fd))
     try:
         repair.set_repair(sock, repair.REPAIR_OFF)
         if conn.reuseaddr:
