@@ -33,7 +33,7 @@ def locks(ns: NetNs | None) -> list[str]:
 
 
 @pytest.mark.parametrize("family", ["4", "6"])
-@pytest.mark.parametrize("case", ["established", "half-closed", "listen"])
+@pytest.mark.parametrize("case", ["established", "full-queues", "half-closed", "listen"])
 def test_tcp_state_survives(case: str, family: str, tmp_path: Path) -> None:
     with namespace() as ns:
         argv = ns.argv([PYTHON, str(STATES)])

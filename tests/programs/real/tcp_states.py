@@ -13,6 +13,9 @@ CASE:
   SO_PRIORITY, IP_TOS / IPV6_TCLASS, SO_REUSEADDR, TCP_CORK...). After the
   restore: every byte arrives once and in order, more goes both ways, the
   options read back as set;
+- full-queues: a connection whose buffers grew while data flowed, then
+  filled both ways (megabytes each way); after the restore every byte
+  arrives, in order;
 - half-closed: one connection shut down for writing by one end after its
   data (FIN-WAIT-2 and CLOSE-WAIT), one whose shut-down end still has data
   the peer has no room for (FIN-WAIT-1 with its FIN not sent yet), one
@@ -29,6 +32,7 @@ Writes READY once set up; on SIGUSR1 checks and writes OK or FAIL <why>.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import select
@@ -65,13 +69,14 @@ def connected_pair(host: str, family: int) -> tuple[socket.socket, socket.socket
     return client, server
 
 
-def send_until_full(sock: socket.socket, seed: int, limit: int = 64 << 20) -> int:
-    """Write the pattern until the kernel takes no more; return how much it took."""
+def send_until_full(sock: socket.socket, seed: int, limit: int = 64 << 20, start: int = 0) -> int:
+    """Write the pattern (from offset `start`) until the kernel takes no more; return how
+    much it took."""
     sock.setblocking(False)
     sent = 0
     try:
         while sent < limit:
-            sent += sock.send(pattern(sent, 1 << 16, seed))
+            sent += sock.send(pattern(start + sent, 1 << 16, seed))
     except BlockingIOError:
         pass
     finally:
@@ -194,6 +199,45 @@ class Established(Case):
             problems.append("c->d data once uncorked")
 
 
+class FullQueues(Case):
+    """Buffers grown by autotuning, then filled both ways: megabytes queued each way."""
+
+    def set_up(self) -> None:
+        self.a, self.b = connected_pair(self.host, self.family)
+        self.sent: dict[int, int] = {}
+        self.read: dict[int, int] = {}
+        for sender, receiver, seed in ((self.a, self.b, 5), (self.b, self.a, 6)):
+            sender.setblocking(False)
+            receiver.setblocking(False)
+            offset, deadline = 0, time.monotonic() + 1.0
+            while time.monotonic() < deadline:  # the receiver reads: its window grows
+                with contextlib.suppress(BlockingIOError):
+                    offset += sender.send(pattern(offset, 1 << 16, seed))
+                with contextlib.suppress(BlockingIOError):
+                    got = receiver.recv(1 << 20)
+                    if got != pattern(self.skipped(seed), len(got), seed):
+                        raise RuntimeError("data out of order before the checkpoint")
+                    self.read[seed] = self.skipped(seed) + len(got)
+            self.sent[seed] = offset + send_until_full(sender, seed, start=offset)
+            sender.setblocking(True)
+            receiver.setblocking(True)
+
+    def skipped(self, seed: int) -> int:
+        return self.read.get(seed, 0)
+
+    def check(self, problems: list[str]) -> None:
+        for receiver, seed in ((self.b, 5), (self.a, 6)):
+            left = self.sent[seed] - self.skipped(seed)
+            got = read_exactly(receiver, left, timeout=60)
+            if got != pattern(self.skipped(seed), left, seed):
+                problems.append(
+                    f"stream {seed}: {len(got)} of {left} queued bytes, or not in order"
+                )
+        self.a.sendall(b"after")
+        if read_exactly(self.b, 5) != b"after":
+            problems.append("a->b after the restore")
+
+
 class HalfClosed(Case):
     def set_up(self) -> None:
         # FIN-WAIT-2 / CLOSE-WAIT: e said all it had to say.
@@ -271,7 +315,12 @@ class Listen(Case):
         self.closed.close()
 
 
-CASES = {"established": Established, "half-closed": HalfClosed, "listen": Listen}
+CASES = {
+    "established": Established,
+    "full-queues": FullQueues,
+    "half-closed": HalfClosed,
+    "listen": Listen,
+}
 
 
 def main() -> None:
