@@ -43,6 +43,8 @@ def test_tcp_state_survives(case: str, family: str, tmp_path: Path) -> None:
             ns.vzcpt("dump", "--pid", prog.pid, "--dumpfile", dump)
             prog.wait_gone()
             assert len(locks(ns)) == 1, "the network is not locked while the tree is gone"
+            shown = ns.vzcpt("show", dump).stdout
+            assert "a TCP" in shown and f"table inet {locks(ns)[0]}" in shown
             ns.vzcpt("restore", "--dumpfile", dump)
             assert locks(ns) == [], "the network is still locked after the restore"
             assert prog.verify() == "OK"

@@ -81,6 +81,52 @@ def test_ve_connections_go_on(host: Host, tmp_path: Path) -> None:
         assert "FAIL" not in report.read_text()
 
 
+def test_ve_stages_keep_a_connection(host: Host, tmp_path: Path) -> None:
+    """The stages one by one: suspend, dump, resume (the VE runs on, its connection
+    out of repair mode); then suspend, dump, kill (the connection dies with its
+    VE: the veth drops the reset), undump, resume. The client notices nothing."""
+    veid = host.new_veid()
+    ip = address(veid)
+    host.vzctl("create", veid, "--ipadd", ip)
+    host.vzctl("start", veid)
+    shutil.copy(STREAM, ve_file(host, veid, "stream_peer.py"))
+    port = str(random.randrange(20000, 60000))
+    report, status = ve_file(host, veid, "server.report"), ve_file(host, veid, "server.status")
+    start_in_ve(host, veid, "python3", "/root/stream_peer.py", "/root/server.report", "server",
+                ip, port, "/root/server.status")  # fmt: skip
+    wait_for("the server to listen", lambda: ready(report))
+    client_status = tmp_path / "client.status"
+    client_argv = [PYTHON, str(STREAM), "-", "client", ip, port, str(client_status)]
+    dump = tmp_path / "ve.dump"
+
+    def goes_on() -> None:
+        before = (counters(client_status)[1], counters(status)[1])
+        wait_for(
+            "the stream to go on both ways",
+            lambda: (
+                min(counters(client_status)[1] - before[0], counters(status)[1] - before[1])
+                > 2 << 20
+            ),
+        )
+        assert client.poll() is None and "FAIL" not in report.read_text()
+
+    with started(client_argv, tmp_path / "client.log") as client:
+        wait_for("both ends to stream", lambda: min(counters(client_status)) > 1 << 20)
+        host.vzctl("chkpnt", veid, "--suspend")
+        host.vzctl("chkpnt", veid, "--dump", "--dumpfile", dump)
+        host.vzctl("chkpnt", veid, "--resume")
+        goes_on()
+        host.vzctl("chkpnt", veid, "--suspend")
+        host.vzctl("chkpnt", veid, "--dump", "--dumpfile", dump)
+        host.vzctl("chkpnt", veid, "--kill")
+        time.sleep(1)
+        assert client.poll() is None and counters(client_status)
+        host.vzctl("restore", veid, "--undump", "--dumpfile", dump)
+        host.vzctl("restore", veid, "--resume")
+        assert not net.is_network_locked(veid)
+        goes_on()
+
+
 def test_ve_redis_keeps_its_data_and_its_client(host: Host, tmp_path: Path) -> None:
     """redis-server in a VE: what was written before vzctl chkpnt reads back after
     vzctl restore, over the very connection of a client on the host (with a pipeline
