@@ -8,9 +8,10 @@ reset). CRIU calls this the network lock; here it has two parts:
 - an nftables table in the tree's network namespace (kernel/nftables.py)
   drops the packets of every connection, listening socket and bound UDP
   socket the tree holds. It is made right after freezing, before any socket
-  is read: sock_diag (kernel/sockdiag.py) tells the addresses of the
-  sockets the tree's descriptors name, without touching them. Its name is
-  in the dump (`NetLockRecord`), for the restore to remove it;
+  is read: the sockets the tree's descriptors name are taken (pidfd_getfd)
+  only for their addresses and state, which reading does not change, and
+  the namespace each belongs to (SIOCGSKNS). The table's name is in the
+  dump (`NetLockRecord`), for the restore to remove it;
 - each TCP connection goes into repair mode as it is read
   (resources/fds/tcp.py): a socket in repair mode is closed without FIN or
   reset when its process dies.

@@ -162,9 +162,7 @@ class InetHandler:
         st: os.stat_result,
         info: FdInfo,
     ) -> FileDesc:
-        sock = socket.socket(fileno=os.dup(local))
-        kept = False
-        try:
+        with socket.socket(fileno=os.dup(local)) as sock:
             rec = InetSocketRecord(
                 family=sock.family,
                 type=sock.type,
@@ -176,12 +174,9 @@ class InetHandler:
             rec.options = _changed_options(ctx, sock)
             rec.sndbuf, rec.rcvbuf = _changed_buffers(ctx, sock)
             if rec.type == socket.SOCK_STREAM:
-                kept = _dump_tcp(ctx, sock, rec, st.st_ino, where)
+                _dump_tcp(ctx, sock, rec, st.st_ino, where)
             else:
                 _dump_udp(ctx, sock, rec, st.st_ino, where)
-        finally:
-            if not kept:
-                sock.close()
         return FileDesc(id=0, kind=self.kind, flags=info.flags & ~os.O_CLOEXEC, inet=rec)
 
     def open(self, ctx: RestoreContext, desc: FileDesc) -> int:
@@ -284,8 +279,8 @@ def _require_lock(ctx: DumpContext, ino: int, where: str) -> None:
 
 def _dump_tcp(
     ctx: DumpContext, sock: socket.socket, rec: InetSocketRecord, ino: int, where: str
-) -> bool:
-    """Fill in the TCP state; True when the network lock keeps `sock` (in repair mode)."""
+) -> None:
+    """Fill in the TCP state; a connection is read in repair mode, left to the lock."""
     info = repair.tcp_info(sock)
     rec.state = info.state
     if info.state == tcp_stream.LISTEN:
@@ -296,17 +291,19 @@ def _dump_tcp(
                 "cannot checkpoint yet"
             )
         rec.backlog = info.sacked
-        return False
+        return
     if info.state == tcp_stream.CLOSE:
-        return False
+        return
     if info.state not in tcp_stream.CONNECTED:
         state = tcp_stream.STATE_NAMES.get(info.state, f"in TCP state {info.state}")
         raise Unsupported(f"{where} is {state}, which vzcpt cannot checkpoint yet")
     _require_lock(ctx, ino, where)
     assert ctx.network is not None
-    ctx.network.enter_repair(sock, sock.getsockopt(_S, socket.SO_REUSEADDR))
+    # The lock keeps a handle of its own: it takes the socket out of repair mode if
+    # the tree runs on, even when reading it fails below.
+    reuseaddr = sock.getsockopt(_S, socket.SO_REUSEADDR)
+    ctx.network.enter_repair(socket.socket(fileno=os.dup(sock.fileno())), reuseaddr)
     rec.stream = tcp_stream.dump_stream(sock, info.state, where)
-    return True
 
 
 def _dump_udp(
