@@ -81,6 +81,25 @@ def test_ve_connections_go_on(host: Host, tmp_path: Path) -> None:
         assert "FAIL" not in report.read_text()
 
 
+@pytest.mark.parametrize("program", ["tcp_states.py half-closed 6", "udp_sockets.py"])
+def test_ve_sockets_checked_from_inside(host: Host, program: str) -> None:
+    """Half-closed connections (a FIN handed back to the socket) and UDP datagrams
+    (handed back from their senders) are rebuilt inside the VE's namespace."""
+    veid = host.new_veid()
+    host.vzctl("create", veid, "--ipadd", address(veid))
+    host.vzctl("start", veid)
+    script, *args = program.split()
+    shutil.copy(REAL / script, ve_file(host, veid, script))
+    start_in_ve(host, veid, "python3", f"/root/{script}", "/root/report", *args)
+    report = ve_file(host, veid, "report")
+    wait_for("the program to set up", lambda: ready(report))
+    host.vzctl("chkpnt", veid)
+    host.vzctl("restore", veid)
+    host.vzctl("exec", veid, f"kill -USR1 $(pgrep -f '^python3 /root/{script}')")
+    wait_for("the verdict", lambda: report.read_text().count("\n") >= 2)
+    assert report.read_text().split("\n")[1] == "OK", report.read_text()
+
+
 def test_ve_stages_keep_a_connection(host: Host, tmp_path: Path) -> None:
     """The stages one by one: suspend, dump, resume (the VE runs on, its connection
     out of repair mode); then suspend, dump, kill (the connection dies with its
