@@ -41,6 +41,7 @@ class Tool(Protocol):
     def version(self) -> str: ...
     def dump(self, pid: int, work: Path, timeout: float, tcp: bool) -> DumpResult: ...
     def restore(self, work: Path, timeout: float, tcp: bool) -> tuple[float, int]: ...
+    def unlock(self, work: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ def one_run(tool: Tool, case: Case, holder: Path, tmp: Path) -> RunResult:
             res.restore_error = f"restored tree wrong: {problem}"
         return res
     finally:
+        tool.unlock(work)  # a dump whose restore failed leaves its network lock
         procs.kill_tree(pids | {proc.pid}, proc.pid)
         if proc.poll() is None:
             proc.kill()

@@ -9,6 +9,7 @@ elsewhere with -W), like `du -sb`.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -83,6 +84,19 @@ class Vzcpt:
         except (IndexError, ValueError) as exc:
             raise ToolFailed(f"vzcpt restore printed no pid: {proc.stdout!r}") from exc
 
+    def unlock(self, work: Path) -> None:
+        """Remove the network lock the dump names, if a failed restore left it."""
+        dumpfile = work / "dump.vzcpt"
+        if not dumpfile.exists():
+            return
+        shown = subprocess.run([self.exe, "show", "--json", str(dumpfile)], capture_output=True)
+        if shown.returncode != 0:
+            return
+        for rec in json.loads(shown.stdout)["records"]:
+            if rec["type"] == "netlock":
+                drop = ["nft", "delete", "table", "inet", rec["table"]]
+                subprocess.run(drop, capture_output=True)
+
 
 class Criu:
     name = "criu"
@@ -143,6 +157,10 @@ class Criu:
         if not found:
             raise ToolFailed("no 'Frozen time' in the output of criu dump --display-stats")
         return DumpResult(wall, int(found.group(1)) / 1e6, _dir_size(images))
+
+    def unlock(self, work: Path) -> None:
+        """Nothing to do: CRIU is run without a network lock of its own here (the
+        connections it would lock are on loopback, and its dump fails first)."""
 
     def restore(self, work: Path, timeout: float, tcp: bool) -> tuple[float, int]:
         """Restore detached (-d); return the wall time and the root pid (--pidfile)."""
