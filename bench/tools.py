@@ -159,8 +159,8 @@ class Criu:
         return DumpResult(wall, int(found.group(1)) / 1e6, _dir_size(images))
 
     def unlock(self, work: Path) -> None:
-        """Nothing to do: CRIU is run without a network lock of its own here (the
-        connections it would lock are on loopback, and its dump fails first)."""
+        """Nothing to do: CRIU unlocks the network itself when its dump fails (as it
+        does on Linux 6.16 and later) and at the end of its restore."""
 
     def restore(self, work: Path, timeout: float, tcp: bool) -> tuple[float, int]:
         """Restore detached (-d); return the wall time and the root pid (--pidfile)."""
