@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark vzcpt against the reference CRIU, in one invocation, run by run.
 
-    python3 bench/run.py [--sizes 256,1024,4096] [--runs 3] [--cases mem,tree,maps]
+    python3 bench/run.py [--sizes 256,1024,4096] [--runs 3] [--cases mem,tree,maps,tcp]
                          [--quick] [--json FILE] [--vzcpt EXE] [--criu EXE] [--tmpdir DIR]
 
 Each case starts a fresh holder (bench/holder.c), dumps it (which kills it),
@@ -39,16 +39,22 @@ class Tool(Protocol):
     name: str
 
     def version(self) -> str: ...
-    def dump(self, pid: int, work: Path, timeout: float) -> DumpResult: ...
-    def restore(self, work: Path, timeout: float) -> tuple[float, int]: ...
+    def dump(self, pid: int, work: Path, timeout: float, tcp: bool) -> DumpResult: ...
+    def restore(self, work: Path, timeout: float, tcp: bool) -> tuple[float, int]: ...
+    def unlock(self, work: Path) -> None: ...
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    mode: str  # holder mode: mem, tree or maps
-    count: int  # MiB for mem, processes for tree, mappings for maps
+    mode: str  # holder mode: mem, tree, maps or tcp
+    count: int  # MiB for mem, processes for tree, mappings for maps, connections for tcp
     mib: int  # about how much memory it holds, to scale time-outs
+
+    @property
+    def tcp(self) -> bool:
+        """Does the tree hold established TCP connections (CRIU must be told)?"""
+        return self.mode == "tcp"
 
     @property
     def timeout(self) -> float:
@@ -87,6 +93,8 @@ def make_cases(sizes: list[int], names: list[str]) -> list[Case]:
         cases.append(Case("tree of 100", "tree", 100, 100))
     if "maps" in names:
         cases.append(Case("5000 mappings", "maps", 5000, 20))
+    if "tcp" in names:
+        cases.append(Case("1000 TCP conns", "tcp", 1000, 20))
     return cases
 
 
@@ -107,7 +115,7 @@ def one_run(tool: Tool, case: Case, holder: Path, tmp: Path) -> RunResult:
         os.sync()
         try:
             with procs.reaping(pids):
-                dumped = tool.dump(proc.pid, work, case.timeout)
+                dumped = tool.dump(proc.pid, work, case.timeout, case.tcp)
         except ToolFailed as exc:
             res.dump_error = str(exc)
             return res
@@ -129,7 +137,7 @@ def one_run(tool: Tool, case: Case, holder: Path, tmp: Path) -> RunResult:
             res.restore_error = f"{len(left)} dumped processes still there after the dump"
             return res
         try:
-            res.restore, root = tool.restore(work, case.timeout)
+            res.restore, root = tool.restore(work, case.timeout, case.tcp)
         except ToolFailed as exc:
             res.restore_error = str(exc)
             return res
@@ -138,6 +146,7 @@ def one_run(tool: Tool, case: Case, holder: Path, tmp: Path) -> RunResult:
             res.restore_error = f"restored tree wrong: {problem}"
         return res
     finally:
+        tool.unlock(work)  # a dump whose restore failed leaves its network lock
         procs.kill_tree(pids | {proc.pid}, proc.pid)
         if proc.poll() is None:
             proc.kill()
@@ -273,7 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", default="256,1024,4096", help="MiB held by the mem cases")
     p.add_argument("--runs", type=int, default=3, help="runs of each case and tool")
-    p.add_argument("--cases", default="mem,tree,maps", help="which cases: mem, tree, maps")
+    p.add_argument("--cases", default="mem,tree,maps,tcp", help="which cases: mem, tree, maps, tcp")
     p.add_argument(
         "--no-warmup", action="store_true", help="skip the unrecorded first round of each case"
     )

@@ -9,11 +9,17 @@ elsewhere with -W), like `du -sb`.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+# CRIU dumps and restores established connections only when told to.
+TCP_OPTIONS = ("--tcp-established",)
+# Errors CRIU logs and goes on from (CAP_SYS_RESOURCE is not ours on these hosts).
+CRIU_GOES_ON = ("Can't setup RLIMIT_NOFILE",)
 
 
 class ToolFailed(Exception):
@@ -54,7 +60,8 @@ class Vzcpt:
     def version(self) -> str:
         return self.exe
 
-    def dump(self, pid: int, work: Path, timeout: float) -> DumpResult:
+    def dump(self, pid: int, work: Path, timeout: float, tcp: bool) -> DumpResult:
+        """Dump (TCP connections need no option: vzcpt always keeps them)."""
         dumpfile = work / "dump.vzcpt"
         proc, wall = _run(
             [self.exe, "dump", "--pid", str(pid), "--dumpfile", str(dumpfile), "--stats"],
@@ -67,7 +74,7 @@ class Vzcpt:
             raise ToolFailed("no 'frozen time' in the output of vzcpt dump --stats")
         return DumpResult(wall, float(found.group(1)) / 1000, dumpfile.stat().st_size)
 
-    def restore(self, work: Path, timeout: float) -> tuple[float, int]:
+    def restore(self, work: Path, timeout: float, tcp: bool) -> tuple[float, int]:
         """Restore; return the wall time and the root pid vzcpt printed."""
         proc, wall = _run([self.exe, "restore", "--dumpfile", str(work / "dump.vzcpt")], timeout)
         if proc.returncode != 0:
@@ -76,6 +83,19 @@ class Vzcpt:
             return wall, int(proc.stdout.split()[0])
         except (IndexError, ValueError) as exc:
             raise ToolFailed(f"vzcpt restore printed no pid: {proc.stdout!r}") from exc
+
+    def unlock(self, work: Path) -> None:
+        """Remove the network lock the dump names, if a failed restore left it."""
+        dumpfile = work / "dump.vzcpt"
+        if not dumpfile.exists():
+            return
+        shown = subprocess.run([self.exe, "show", "--json", str(dumpfile)], capture_output=True)
+        if shown.returncode != 0:
+            return
+        for rec in json.loads(shown.stdout)["records"]:
+            if rec["type"] == "netlock":
+                drop = ["nft", "delete", "table", "inet", rec["table"]]
+                subprocess.run(drop, capture_output=True)
 
 
 class Criu:
@@ -96,14 +116,19 @@ class Criu:
             text = log.read_text(errors="replace")
         except OSError:
             text = proc.stdout + proc.stderr
-        # The first error is the cause; the last is usually just "Dumping FAILED."
-        errors = [line for line in text.splitlines() if "Error" in line]
+        # The first error is the cause (the last is usually just "Dumping FAILED."),
+        # but for those CRIU logs and goes on from.
+        errors = [
+            line
+            for line in text.splitlines()
+            if "Error" in line and not any(harmless in line for harmless in CRIU_GOES_ON)
+        ]
         line = errors[0] if errors else _last_line(text)
         # "(00.012345) Error (criu/cr-dump.c:123): ..." loses its time stamp
         line = re.sub(r"^\([\d.]+\)\s*", "", line)
         return ToolFailed(f"exit {proc.returncode}: {line.strip()}")
 
-    def dump(self, pid: int, work: Path, timeout: float) -> DumpResult:
+    def dump(self, pid: int, work: Path, timeout: float, tcp: bool) -> DumpResult:
         images, logs = work / "images", work / "logs"
         images.mkdir()
         logs.mkdir(exist_ok=True)
@@ -120,6 +145,7 @@ class Criu:
             "dump.log",
             "-v2",
             "--display-stats",
+            *TCP_OPTIONS * tcp,
         ]
         try:
             proc, wall = _run(argv, timeout)
@@ -132,7 +158,11 @@ class Criu:
             raise ToolFailed("no 'Frozen time' in the output of criu dump --display-stats")
         return DumpResult(wall, int(found.group(1)) / 1e6, _dir_size(images))
 
-    def restore(self, work: Path, timeout: float) -> tuple[float, int]:
+    def unlock(self, work: Path) -> None:
+        """Nothing to do: CRIU unlocks the network itself when its dump fails (as it
+        does on Linux 6.16 and later) and at the end of its restore."""
+
+    def restore(self, work: Path, timeout: float, tcp: bool) -> tuple[float, int]:
         """Restore detached (-d); return the wall time and the root pid (--pidfile)."""
         logs = work / "logs"
         pidfile = logs / "restore.pid"
@@ -149,6 +179,7 @@ class Criu:
             "-v2",
             "--pidfile",
             str(pidfile),
+            *TCP_OPTIONS * tcp,
         ]
         proc, wall = _run(argv, timeout)
         if proc.returncode != 0:

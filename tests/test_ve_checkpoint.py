@@ -91,17 +91,16 @@ def test_failed_chkpnt_leaves_the_ve_running(host: Host) -> None:
     veid = host.new_veid()
     host.vzctl("create", veid, "--ipadd", address(veid))
     host.vzctl("start", veid)
-    # A listening socket: not supported yet, so the checkpoint must refuse it.
+    # A netlink socket: not supported, so the checkpoint must refuse it.
     host.vzctl(
         "exec",
         veid,
-        "setsid python3 -c 'import socket,time; s=socket.socket(); "
-        's.bind(("127.0.0.1", 7777)); s.listen(); time.sleep(600)\' '
-        "</dev/null >/dev/null 2>&1 &",
+        "setsid python3 -c 'import socket,time; s=socket.socket(socket.AF_NETLINK, "
+        "socket.SOCK_RAW); time.sleep(600)' </dev/null >/dev/null 2>&1 &",
     )
     time.sleep(0.5)
     result = host.vzctl("chkpnt", veid, check=False)
-    assert result.returncode != 0 and "socket" in result.stderr
+    assert result.returncode != 0 and "a netlink socket" in result.stderr
     assert "Traceback" not in result.stderr
     assert host.vzctl("status", veid).stdout.split()[3:] == ["mounted", "running"]
     assert not net.is_network_locked(veid)

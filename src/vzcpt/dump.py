@@ -1,13 +1,18 @@
 """Checkpoint of a process tree: the ordered stages of a dump.
 
     freeze   every thread seized and stopped (inject/freeze.py)
+    lock     no packet of the tree's TCP and UDP sockets comes or goes
+             (resources/netlock.py); nothing of them has been read yet
     collect  each process saved by the resource modules, pages streamed out
     write    the shared objects' records and the END frame; the file synced
     verify   a dump file on disk is read back and checked before anything
              is killed: the only copy of a running tree is never lost
-    leave    kill (default), resume or leave stopped
+    leave    kill (default), resume or leave stopped; connections of a tree
+             that runs on leave repair mode and are unlocked first, those
+             of a killed or stopped one stay locked until the restore
 
-A failure in any stage before `leave` resumes the tree as it was.
+A failure in any stage before `leave` unlocks the network and resumes the
+tree as it was.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import os
 import platform
 import re
+import resource
 import threading
 import time
 from typing import BinaryIO, Literal
@@ -35,6 +41,7 @@ from vzcpt.resources import memory, process, signals, thread, timers
 from vzcpt.resources.context import DumpContext, Stats
 from vzcpt.resources.fds import tty, unix
 from vzcpt.resources.fds.table import dump_table
+from vzcpt.resources.netlock import NetworkHold
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
 Leave = Literal["kill", "running", "stopped"]
@@ -64,23 +71,39 @@ def dump_tree(
     """
     stats = stats or Stats()
     started = time.monotonic()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # we hold each file the tree has
     tree = freeze_tree(root, held_by)
+    network: NetworkHold | None = None
 
     def let_go() -> None:
-        if held_by is not None:
-            tree.leave_frozen(held_by)
-        else:
-            tree.resume()
+        try:
+            if network is not None:
+                network.release()
+        finally:
+            if held_by is not None:
+                tree.leave_frozen(held_by)
+            else:
+                tree.resume()
 
     stats.add_time("freeze", time.monotonic() - started)
     out: BinaryIO | None = None
     resumed = False
     try:
+        network = NetworkHold.take([p for p in tree.pids if p not in tree.zombies])
+        stats.add_time("lock", time.monotonic() - tree.frozen_at)
         out = create_dumpfile(dumpfile)
         collect_started = time.monotonic()
         with _BackgroundSync(out if dumpfile != "-" else None):
             _write_dump(
-                tree, out, compress, stats, own_pid_namespace, extra_records or [], shell_job
+                tree,
+                out,
+                compress,
+                stats,
+                own_pid_namespace,
+                extra_records or [],
+                shell_job,
+                network,
             )
         stats.add_time("dump", time.monotonic() - collect_started)
         if leave == "running":
@@ -106,6 +129,8 @@ def dump_tree(
             tree.kill(wait=await_exit)
         else:
             tree.leave_stopped()
+        if network is not None:
+            network.keep()
     stats.add_time("total", time.monotonic() - started)
     return stats
 
@@ -160,9 +185,16 @@ def _write_dump(
     own_pid_namespace: bool,
     extra_records: list[object],
     shell_job: bool,
+    network: NetworkHold,
 ) -> None:
     writer = DumpWriter(out, compress=compress)
-    ctx = DumpContext(writer=writer, stats=stats, pids=frozenset(tree.pids), shell_job=shell_job)
+    ctx = DumpContext(
+        writer=writer,
+        stats=stats,
+        pids=frozenset(tree.pids),
+        shell_job=shell_job,
+        network=network,
+    )
     if own_pid_namespace:
         # The tree is a VE: it is saved with the ids its programs know (its
         # root is pid 1), so that it can be rebuilt in a fresh pid namespace.
@@ -188,7 +220,8 @@ def _write_dump(
             stats.processes += 1
         unix.check_peers(ctx.records)
         tty.finish_dump(ctx, tree.pids, tree.zombies)
-        for rec in [*ctx.records, *extra_records]:
+        lock = [network.record] if network.record is not None else []
+        for rec in [*ctx.records, *lock, *extra_records]:
             writer.write_record(rec)
         writer.close()
     finally:

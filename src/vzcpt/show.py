@@ -7,6 +7,7 @@ The rendering is driven by the same record declarations that encode the file
 from __future__ import annotations
 
 import dataclasses
+import socket
 from typing import Any
 
 from rich.console import Console
@@ -15,7 +16,10 @@ from rich.tree import Tree
 from vzcpt.image.schema import to_jsonable
 from vzcpt.image.stream import open_dump
 from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds.inet import describe_record
 from vzcpt.resources.fds.memfd import MemfdRecord
+from vzcpt.resources.fds.tcp import STATE_NAMES
+from vzcpt.resources.netlock import NetLockRecord
 from vzcpt.resources.shmem import SharedMemRecord
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
@@ -64,6 +68,8 @@ def render_text(path: str) -> None:
                 f"shared memory {shm.id}: {shm.kind}, {shm.size:,} bytes, "
                 f"{page_bytes.get(shm.pages_owner, 0):,} stored"
             )
+        for lock in image.records_of(NetLockRecord):
+            console.print(f"network locked until restore: nftables table inet {lock.table}")
 
 
 def _readable(value: object) -> bool:
@@ -85,6 +91,11 @@ def _what(f: FileDesc) -> str:
         return f"pipe:[{f.pipe_id}]"
     if f.memfd:
         return f"#{f.memfd}"
+    if f.inet is not None:
+        what = describe_record(f.inet)
+        if f.inet.type == socket.SOCK_STREAM:
+            what += f" {STATE_NAMES.get(f.inet.state, '')}"
+        return what
     rec = _kind_record(f)
     return "" if rec is None else str(rec)
 

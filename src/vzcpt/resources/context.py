@@ -12,10 +12,13 @@ import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vzcpt.image.stream import DumpImage, DumpWriter
 from vzcpt.inject.fdpass import FdChannel
+
+if TYPE_CHECKING:
+    from vzcpt.resources.netlock import NetworkHold
 
 
 @dataclass
@@ -57,6 +60,8 @@ class DumpContext:
     pids: frozenset[int] = frozenset()
     # The tree is a job of a shell: it may hold the terminal it was started from.
     shell_job: bool = False
+    # The network lock of this dump, once the tree's sockets are locked.
+    network: NetworkHold | None = None
 
     def saved_id(self, host_id: int) -> int:
         return self.ids.get(host_id, host_id)
@@ -99,6 +104,9 @@ class RestoreContext:
     finishers: list[Callable[[], None]] = field(default_factory=list)
     # The tree continues as a job on the restorer's terminal (its standard input).
     shell_job: bool = False
+    # The network namespace the programs' sockets are made in (/proc/PID/ns/net
+    # of a process in the VE), or "" for ours.
+    netns: str = ""
 
     def host_path(self, path: str) -> str:
         """The path by which the restorer reaches a file the programs name `path`."""

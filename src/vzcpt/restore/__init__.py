@@ -18,6 +18,9 @@
     memory    every stub's address space is the saved one (vDSO moved in)
     state     threads cloned with their tids; signals, timers, limits,
               attributes, thread state; zombies have died as they died
+    network   the network lock of the dump is gone; TCP connections, rebuilt
+              in repair mode with the files, have left it and sent what
+              they had not sent (resources/fds/inet.py)
     release   pending signals queued, scratch unmapped, credentials taken,
               registers loaded, a shell job given the terminal
               (restore/shelljob.py), and every task detached at once
@@ -43,6 +46,7 @@ from vzcpt.kernel.probes import vdso_fingerprint
 from vzcpt.resources import ctty, memory, process, signals, thread, timers
 from vzcpt.resources.context import RestoreContext, Stats
 from vzcpt.resources.fds import FileDesc, epoll, tty
+from vzcpt.resources.fds.inet import resume_network
 from vzcpt.resources.fds.regular import check_unchanged
 from vzcpt.resources.fds.table import restore_table
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
@@ -119,6 +123,7 @@ def _restore(
         ns_pid=seed.task.tid if launch_init else 0,
         own_ipc=launch_init is not None,
         shell_job=shell_job,
+        netns=f"/proc/{seed.task.tid}/ns/net" if launch_init else "",
     )
     builder = TreeBuilder(seed.task, procs, header.root, root_is_seed=launch_init is not None)
     warnings: list[str] = []
@@ -146,6 +151,7 @@ def _restore(
         for rec in procs:
             if not rec.zombie:
                 _finish(rec, threads[rec.pid], window, channel_fd, baseline)
+        resume_network(ctx)
         stats.processes = len(procs)
         stats.threads = sum(len(t) for t in threads.values())
         if shell_job:

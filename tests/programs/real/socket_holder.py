@@ -2,8 +2,8 @@
 
     python3 socket_holder.py OUT KIND [child]
 
-KIND is "udp" (a UDP socket bound to 127.0.0.1) or "listen" (a TCP socket
-listening on 127.0.0.1): kinds vzcpt does not save yet (unix sockets it does).
+KIND is "netlink" (a NETLINK_ROUTE socket) or "packet" (an AF_PACKET
+socket): kinds vzcpt does not save (unix, TCP and UDP sockets it does).
 With "child", a forked child holds the socket and
 counts while the parent just waits.  The holder writes "SOCKET PID FD" for
 each socket descriptor, then one increasing number per line: a dump that is
@@ -20,15 +20,10 @@ import time
 
 
 def hold(out: int, kind: str) -> None:
-    if kind == "udp":
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
-        held = [udp]
+    if kind == "netlink":
+        held = [socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)]
     else:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        held = [listener]
+        held = [socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)]
     for s in held:
         os.write(out, f"SOCKET {os.getpid()} {s.fileno()}\n".encode())
     i = 0

@@ -15,14 +15,17 @@ catalogue below is the only list of them.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from vzcpt.errors import Unsupported
 from vzcpt.image.schema import record
+from vzcpt.kernel.sockopts import socket_kind
 from vzcpt.kernel.tty import Termios, WinSize
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
+from vzcpt.resources.fds.inet_record import InetSocketRecord
 from vzcpt.resources.mqueue import MqDescription
 
 
@@ -123,12 +126,15 @@ class FileDesc:
     pidfd: PidfdRecord | None = None
     memfd: int = 0  # the MemfdRecord of a memfd
     tty: TtyRecord | None = None
+    inet: InetSocketRecord | None = None
 
 
 class Handler(Protocol):
     kind: str
 
-    def claims(self, link: str, st: os.stat_result) -> bool: ...
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
+        """Is the file at our descriptor `local` (its /proc link, its stat) of this kind?"""
+        ...
 
     def dump(
         self,
@@ -152,6 +158,7 @@ def catalogue() -> list[Handler]:
         directory,
         epoll,
         eventfd,
+        inet,
         inotify,
         memfd,
         mqueue,
@@ -174,6 +181,7 @@ def catalogue() -> list[Handler]:
         pipe.HANDLER,
         pipe.FIFO_HANDLER,
         unix.HANDLER,
+        inet.HANDLER,
         eventfd.HANDLER,
         epoll.HANDLER,
         signalfd.HANDLER,
@@ -219,10 +227,30 @@ ANON_KINDS = {
 }
 
 
-def describe(link: str) -> str:
-    """A human name for a descriptor we cannot save."""
+SOCKET_FAMILIES: dict[int, str] = {
+    socket.AF_NETLINK: "a netlink",
+    socket.AF_PACKET: "a packet",
+    socket.AF_INET: "an IPv4",
+    socket.AF_INET6: "an IPv6",
+    socket.AF_UNIX: "a unix",
+}
+SOCKET_TYPES: dict[int, str] = {socket.SOCK_RAW: "raw", socket.SOCK_SEQPACKET: "seqpacket"}
+PROTOCOLS: dict[int, str] = {
+    socket.IPPROTO_SCTP: "SCTP",
+    262: "MPTCP",
+    socket.IPPROTO_UDPLITE: "UDP-Lite",
+}
+
+
+def describe(link: str, local: int) -> str:
+    """A human name for a descriptor we cannot save, open at our `local`."""
     if link.startswith("socket:"):
-        return "a socket"
+        family, kind, protocol = socket_kind(local)
+        what = SOCKET_FAMILIES.get(family, f"a family {family}")
+        if family in (socket.AF_INET, socket.AF_INET6):
+            what += f" {SOCKET_TYPES[kind]}" if kind in SOCKET_TYPES else ""
+            what += f" {PROTOCOLS[protocol]}" if protocol in PROTOCOLS else ""
+        return f"{what} socket"
     if link.startswith("anon_inode:"):
         name = link[len("anon_inode:") :].strip("[]")
         return ANON_KINDS.get(name, f"an anonymous-inode descriptor ({name})")

@@ -20,7 +20,7 @@ SIMPLE_MAJORS = {1}
 class CharDeviceHandler:
     kind = "chrdev"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return stat.S_ISCHR(st.st_mode)
 
     def dump(

@@ -14,7 +14,7 @@ from vzcpt.resources.fds import FileDesc
 class DirectoryHandler:
     kind = "directory"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return stat.S_ISDIR(st.st_mode) and link.startswith("/")
 
     def dump(

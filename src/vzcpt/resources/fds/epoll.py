@@ -100,7 +100,7 @@ class EpollRecord:
 class EpollHandler:
     kind = "epoll"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return link == LINK
 
     def dump(

@@ -33,7 +33,7 @@ class EventfdRecord:
 class EventfdHandler:
     kind = "eventfd"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return link == LINK
 
     def dump(

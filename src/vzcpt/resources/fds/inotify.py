@@ -101,7 +101,7 @@ def _watched_path(pid: int, mark: InotifyMark, where: str) -> str:
 class InotifyHandler:
     kind = "inotify"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return link == LINK
 
     def dump(

@@ -216,7 +216,7 @@ def map_into(
 class MemfdHandler:
     kind = "memfd"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return stat.S_ISREG(st.st_mode) and link.startswith(PREFIX) and st.st_nlink == 0
 
     def dump(

@@ -39,7 +39,7 @@ KEPT_FLAGS = os.O_ACCMODE | os.O_NONBLOCK
 class MqueueHandler:
     kind = "mqueue"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         """Never by its link: a queue is told by its file system (see by_file_system)."""
         return False
 

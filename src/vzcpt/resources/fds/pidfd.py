@@ -36,7 +36,7 @@ class PidfdRecord:
 class PidfdHandler:
     kind = "pidfd"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return link == LINK
 
     def dump(

@@ -39,7 +39,7 @@ def _peek_once(ctx: DumpContext, pid: int, fd: int, inode: int) -> tuple[bytes |
 class PipeHandler:
     kind = "pipe"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return stat.S_ISFIFO(st.st_mode) and link.startswith("pipe:")
 
     def dump(
@@ -81,7 +81,7 @@ class PipeHandler:
 class FifoHandler:
     kind = "fifo"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return stat.S_ISFIFO(st.st_mode) and link.startswith("/")
 
     def dump(

@@ -23,7 +23,7 @@ OPEN_ONLY_FLAGS = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEX
 class RegularHandler:
     kind = "regular"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return stat.S_ISREG(st.st_mode) and link.startswith("/")
 
     def dump(

@@ -32,7 +32,7 @@ class SignalfdRecord:
 class SignalfdHandler:
     kind = "signalfd"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return link == LINK
 
     def dump(

@@ -56,11 +56,11 @@ def dump_table(ctx: DumpContext, pid: int, skip: frozenset[int] = frozenset()) -
         else:
             ctx.held_fds.append(local)
             handler = by_file_system().get(fs_magic(local)) or next(
-                (h for h in catalogue() if h.claims(link, st)), None
+                (h for h in catalogue() if h.claims(link, st, local)), None
             )
             if handler is None:
                 raise Unsupported(
-                    f"process {pid}: descriptor {fd} is {describe(link)}, "
+                    f"process {pid}: descriptor {fd} is {describe(link, local)}, "
                     "which vzcpt cannot checkpoint yet"
                 )
             desc = handler.dump(ctx, pid, fd, local, link, st, info)

@@ -86,7 +86,7 @@ def _settled_state(pid: int, fd: int, local: int) -> TimerfdInfo:
 class TimerfdHandler:
     kind = "timerfd"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return link == LINK
 
     def dump(

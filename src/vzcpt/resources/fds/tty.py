@@ -108,7 +108,7 @@ def _seen(ctx: DumpContext) -> _Seen:
 class TtyHandler:
     kind = "tty"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
         return stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in TTY_MAJORS
 
     def dump(

@@ -21,10 +21,10 @@ joined the VE's network and mount namespaces, which hands the sockets back
 (kernel/nsexec.py); the name is then the one the programs know, not a
 /proc/PID/root path the restorer would see.
 
-Refused at checkpoint, with a line naming process, descriptor and reason:
-sockets of other families (TCP, UDP, netlink...), a peer outside the tree,
-datagram sockets connected to a named one, connections not yet accepted,
-descriptors in flight, names that are relative paths.
+Refused at checkpoint, with a line naming process, descriptor and reason: a
+peer outside the tree, datagram sockets connected to a named one,
+connections not yet accepted, descriptors in flight, names that are
+relative paths.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from collections.abc import Callable
 from vzcpt.errors import Unsupported, VzcptError
 from vzcpt.kernel.nsexec import descriptors_in_namespaces
 from vzcpt.kernel.sockdiag import UnixSock, unix_sockets
+from vzcpt.kernel.sockopts import socket_kind
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
@@ -47,20 +48,14 @@ from vzcpt.resources.fds import FileDesc, UnixSocketRecord
 SO_PEEK_OFF = 42
 STATE_LISTEN = 10
 SHUT_BY_DIAG = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
-FAMILY_NAMES = {
-    socket.AF_INET: "a TCP/IP (IPv4)",
-    socket.AF_INET6: "a TCP/IP (IPv6)",
-    socket.AF_NETLINK: "a netlink",
-    socket.AF_PACKET: "a packet",
-}
 STATUS_FLAGS = os.O_NONBLOCK
 
 
 class UnixHandler:
     kind = "unix"
 
-    def claims(self, link: str, st: os.stat_result) -> bool:
-        return stat.S_ISSOCK(st.st_mode)
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
+        return stat.S_ISSOCK(st.st_mode) and socket_kind(local)[0] == socket.AF_UNIX
 
     def dump(
         self,
@@ -74,12 +69,6 @@ class UnixHandler:
     ) -> FileDesc:
         sock = socket.socket(fileno=os.dup(local))
         try:
-            if sock.family != socket.AF_UNIX:
-                what = FAMILY_NAMES.get(sock.family, f"a family {sock.family}")
-                raise Unsupported(
-                    f"process {pid}: descriptor {fd} is {what} socket, "
-                    "which vzcpt cannot checkpoint yet"
-                )
             diag = _diag(ctx, pid).get(st.st_ino)
             if diag is None:
                 raise Unsupported(
