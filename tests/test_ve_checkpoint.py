@@ -79,12 +79,14 @@ def test_chkpnt_and_restore_a_ve(host: Host) -> None:
     assert sysctls == ["1", "40000", "50000"]
     assert address(veid) in host.vzctl("exec", veid, "ip -br addr show eth0").stdout
     assert not net.is_network_locked(veid)
-    # And again: a restored VE checkpoints and restores like any other.
-    host.vzctl("chkpnt", veid, "--dumpfile", host.root / "second.dump")
-    host.vzctl("restore", veid, "--dumpfile", host.root / "second.dump")
-    count = last_count(log)
-    time.sleep(1.5)
-    assert last_count(log) > count
+    # And again, twice: a restored VE checkpoints and restores like any other.
+    for cycle in ("second", "third"):
+        host.vzctl("chkpnt", veid, "--dumpfile", host.root / f"{cycle}.dump")
+        host.vzctl("restore", veid, "--dumpfile", host.root / f"{cycle}.dump")
+        count = last_count(log)
+        time.sleep(1.5)
+        assert last_count(log) > count, f"the counter stopped after the {cycle} restore"
+        assert inside_pids(host, veid) == before
 
 
 def test_failed_chkpnt_leaves_the_ve_running(host: Host) -> None:

@@ -165,5 +165,11 @@ def test_the_ves_own_init(host: Host) -> None:
     host.vzctl("set", veid, "--init", "/root/myinit", "--save")
     host.vzctl("start", veid)
     assert "/root/myinit" in host.vzctl("exec", veid, "tr '\\0' ' ' < /proc/1/cmdline").stdout
+    # The VE's own init is checkpointed and restored like the rest: still pid 1,
+    # still looping, and still stopping the VE when asked.
+    host.vzctl("chkpnt", veid)
+    host.vzctl("restore", veid)
+    assert "/root/myinit" in host.vzctl("exec", veid, "tr '\\0' ' ' < /proc/1/cmdline").stdout
+    assert host.vzctl("exec", veid, "cat /proc/1/stat").stdout.split()[2] in "SR"
     host.vzctl("stop", veid)
     assert host.vzctl("status", veid).stdout.split()[4] == "stopped"
