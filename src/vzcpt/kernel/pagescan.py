@@ -8,7 +8,10 @@ pagemap entries to sift through (Documentation/admin-guide/mm/pagemap.rst).
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
+
+from vzcpt.errors import Unsupported
 
 PAGE_IS_FILE = 1 << 2  # backed by a file (or shmem): not the process's own copy
 PAGE_IS_PRESENT = 1 << 3
@@ -63,7 +66,15 @@ def scan(
     )
     runs: list[tuple[int, int]] = []
     while arg.start < end:
-        found = fcntl.ioctl(pagemap_fd, PAGEMAP_SCAN, arg)  # type: ignore[call-overload]
+        try:
+            found = fcntl.ioctl(pagemap_fd, PAGEMAP_SCAN, arg)  # type: ignore[call-overload]
+        except OSError as exc:
+            if exc.errno == errno.ENOTTY:
+                raise Unsupported(
+                    "this kernel has no PAGEMAP_SCAN ioctl (Linux 6.7+), which vzcpt "
+                    "needs to find the pages to save: see `vzcpt check`"
+                ) from None
+            raise
         for region in regions[:found]:
             if runs and runs[-1][1] == region.start:  # split only by category
                 runs[-1] = (runs[-1][0], region.end)
