@@ -75,3 +75,9 @@ def _parse_line(line: bytes) -> MountInfo:
 def parse_mountinfo(data: bytes) -> list[MountInfo]:
     """Every mount of /proc/PID/mountinfo, in the kernel's order."""
     return [_parse_line(line) for line in data.split(b"\n") if line]
+
+
+def own_mounts() -> list[MountInfo]:
+    """The mounts of our own mount namespace (/proc/self/mountinfo)."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        return parse_mountinfo(f.read())

@@ -31,7 +31,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from vzcpt.errors import ProcessGone, SyscallFailed, Unsupported, VzcptError
-from vzcpt.proc.mountinfo import parse_mountinfo
+from vzcpt.proc.mountinfo import own_mounts, parse_mountinfo
 
 CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 UNLIMITED = -1  # pass as a limit to remove it
@@ -48,12 +48,10 @@ class Hierarchy:
 
 def hierarchies(mountinfo: bytes | None = None) -> list[Hierarchy]:
     """The cgroup hierarchies mounted in our mount namespace that a VE uses."""
-    if mountinfo is None:
-        with open("/proc/self/mountinfo", "rb") as f:
-            mountinfo = f.read()
+    mounts = own_mounts() if mountinfo is None else parse_mountinfo(mountinfo)
     found: list[Hierarchy] = []
     seen: set[tuple[int, int]] = set()
-    for m in parse_mountinfo(mountinfo):
+    for m in mounts:
         if m.dev in seen or m.fstype not in ("cgroup", "cgroup2"):
             continue
         if m.fstype == "cgroup":

@@ -48,7 +48,7 @@ from vzcpt.errors import Unsupported, VzcptError
 from vzcpt.kernel import mounts as kmounts
 from vzcpt.kernel.nsexec import in_namespaces
 from vzcpt.proc import files as procfs
-from vzcpt.proc.mountinfo import MountInfo, parse_mountinfo
+from vzcpt.proc.mountinfo import MountInfo, own_mounts, parse_mountinfo
 from vzcpt.ve import rootfs
 
 # What start mounts in every VE besides its root and the host's system dirs,
@@ -302,7 +302,7 @@ def _rebuild(saved: list[VeMount]) -> None:
         if mount.unbindable:
             kmounts.set_propagation(mount.mountpoint, kmounts.MS_UNBINDABLE)
     runtime = {m.mountpoint for m in saved if m.kind == "runtime"}
-    for info in reversed(_own_mounts()):  # last: /proc may be one of them
+    for info in reversed(own_mounts()):  # last: /proc may be one of them
         if info.mountpoint in RUNTIME_MOUNTS and info.mountpoint not in runtime:
             kmounts.umount(info.mountpoint, kmounts.MNT_DETACH)  # the VE had unmounted it
 
@@ -311,13 +311,13 @@ class _Namespace:
     """Our mounts, and those propagation made on its own while we rebuilt."""
 
     def __init__(self) -> None:
-        self.known = {m.mnt_id for m in _own_mounts()}
+        self.known = {m.mnt_id for m in own_mounts()}
         self.propagated: dict[str, int] = {}  # mount point -> copies made there
 
     def settle(self, made_at: str, later: list[VeMount]) -> None:
         """Note the mounts that appeared with the one just made at `made_at`: copies
         that propagation made, which must be saved mounts still to come."""
-        new = [m for m in _own_mounts() if m.mnt_id not in self.known]
+        new = [m for m in own_mounts() if m.mnt_id not in self.known]
         self.known |= {m.mnt_id for m in new}
         copies = [m.mountpoint for m in new if m.mountpoint != made_at]
         copies += [made_at] * (sum(m.mountpoint == made_at for m in new) - 1)
@@ -338,15 +338,10 @@ class _Namespace:
         return True
 
 
-def _own_mounts() -> list[MountInfo]:
-    with open("/proc/self/mountinfo", "rb") as f:
-        return parse_mountinfo(f.read())
-
-
 def _fix_runtime(mount: VeMount) -> None:
     """Start made it; give it its content, and the flags and propagation the VE gave it."""
     _write_tree(mount.entries)
-    now = next(m for m in _own_mounts() if m.mountpoint == mount.mountpoint)
+    now = next(m for m in own_mounts() if m.mountpoint == mount.mountpoint)
     if mount_flags(now.options) != mount.flags:
         _remount(mount.mountpoint, mount.flags)
     if mount.shared:

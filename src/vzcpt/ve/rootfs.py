@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 
 from vzcpt.errors import SyscallFailed, VzcptError
 from vzcpt.kernel import mounts as m
-from vzcpt.proc.mountinfo import MountInfo, parse_mountinfo
+from vzcpt.proc.mountinfo import MountInfo, own_mounts
 from vzcpt.ve.paths import Paths
 
 TEMPLATE_RECORD = ".vzcpt-template.json"
@@ -45,12 +45,6 @@ _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # --- mounts as seen in /proc/self/mountinfo ---------------------------------
-
-
-def own_mounts() -> list[MountInfo]:
-    """The mounts of this process's mount namespace."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        return parse_mountinfo(f.read())
 
 
 def mounts_under(path: str) -> list[MountInfo]:
