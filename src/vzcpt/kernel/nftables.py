@@ -7,7 +7,8 @@ answered with a reset. One table per checkpoint, in the tree's network
 namespace, drops in its input and output hooks (at raw priority, before
 conntrack) the packets of:
 
-- each TCP connection, by its four addresses and ports, both ways;
+- each TCP connection (or socket still connecting), by its four
+  addresses and ports, both ways;
 - each listening TCP socket and each bound UDP socket, by its address and
   port (by port alone when bound to any address).
 

@@ -48,10 +48,12 @@ from dataclasses import dataclass
 from vzcpt.image.schema import record
 from vzcpt.kernel import netns, nftables
 from vzcpt.kernel.fds import steal_fd
+from vzcpt.kernel.sockopts import connecting_peer
 from vzcpt.kernel.tcp_repair import REPAIR_OFF_NO_PROBE, REPAIR_ON, set_repair, tcp_info
 from vzcpt.proc import files as procfs
 
 MARK = 0x7A63_7074  # "zcpt": packets the restorer sends past its own lock
+TCP_CLOSE = 7
 TCP_LISTEN = 10
 INET = (socket.AF_INET, socket.AF_INET6)
 KINDS = ((socket.SOCK_STREAM, socket.IPPROTO_TCP), (socket.SOCK_DGRAM, socket.IPPROTO_UDP))
@@ -149,10 +151,10 @@ class Sockets:
                 Listener(pid, fd, ino, ns, sock.family, (host, port), waiting=info.unacked)
             )
             return
-        try:
-            peer_host, peer_port = sock.getpeername()[:2]
-        except OSError:  # ENOTCONN: closed, or still connecting (refused when dumped)
+        if info.state == TCP_CLOSE:
             return
+        # SYN-SENT too: its SYN, sent again while the tree is frozen, must not complete it.
+        peer_host, peer_port = connecting_peer(sock)[:2]
         blocked.connections.append((host, port, peer_host, peer_port))
         self.covered.add(ino)
 
