@@ -23,9 +23,9 @@ CLIENTS = 8
 
 
 class Client(threading.Thread):
-    """Connects from inside `ns`, asks "hello N", and keeps the answer or the error."""
+    """Connects from inside `ns` (None: ours), asks "hello N", keeps the answer or the error."""
 
-    def __init__(self, ns: NetNs, address: str, port: int, n: int) -> None:
+    def __init__(self, ns: NetNs | None, address: str, port: int, n: int) -> None:
         super().__init__(daemon=True)
         self.ns, self.address, self.port, self.n = ns, address, port, n
         self.result = "no answer"
@@ -50,7 +50,7 @@ class Client(threading.Thread):
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + 10
         while True:  # until the server listens
-            with entered(self.ns.path):
+            with entered(self.ns.path if self.ns else ""):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.settimeout(60)
             try:
