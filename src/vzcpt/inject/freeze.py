@@ -48,7 +48,7 @@ class FrozenTree:
             _detach_quietly(tid, 0)
 
     def refreeze(self) -> None:
-        """After `resume`: freeze the tree again, as it is now, into this object.
+        """After `resume`: freeze the tree again (by ptrace alone), as it is now, into this object.
 
         If that fails, the tree runs on and this holds nothing to resume.
         """
