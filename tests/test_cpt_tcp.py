@@ -81,35 +81,48 @@ def test_failed_dump_unlocks_and_runs_on(tmp_path: Path) -> None:
             assert prog.verify() == "OK"
 
 
-REFUSED = {
-    "syn-sent": (
-        "import socket; s = socket.socket(); s.setblocking(False)\n"
-        "try: s.connect(('10.254.254.2', 9))\nexcept BlockingIOError: pass\n",
-        "connecting (SYN sent)",
-    ),
-    "backlog": (
-        "import socket; l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n"
-        "c = socket.create_connection(l.getsockname())\n",
-        "1 connections not yet accepted",
-    ),
-}
+SYN_DROP = (
+    "table inet vzt_syn_drop {\n  chain input {\n    type filter hook input priority 0;\n"
+    "    tcp dport 9 tcp flags & (syn | ack) == syn drop\n  }\n}\n"
+)
 
 
-@pytest.mark.parametrize("what", sorted(REFUSED))
-def test_refused_and_runs_on(what: str, tmp_path: Path) -> None:
-    setup, message = REFUSED[what]
-    script = setup + "import sys, time; open(sys.argv[1], 'a').write('READY\\n'); time.sleep(600)\n"
+@pytest.mark.parametrize("family", ["4", "6"])
+def test_connecting_sockets_connect_after_restore(family: str, tmp_path: Path) -> None:
+    """Sockets of the tree still connecting (SYN-SENT: the test drops their SYNs) are
+    dumped; restored, they connect once the test stops dropping: the non-blocking one
+    becomes writable, the child blocked in connect() returns from it."""
     with namespace() as ns:
-        # A route out to nowhere (a veth whose peer is down): a connection stays in SYN-SENT.
-        ns.run("ip", "link", "add", "out0", "type", "veth", "peer", "name", "out1")
-        ns.run("ip", "addr", "add", "10.254.254.1/24", "dev", "out0")
-        ns.run("ip", "link", "set", "out0", "up")
-        with Program.command(what, ns.argv([PYTHON, "-c", script]), tmp_path=tmp_path) as prog:
+        subprocess.run(ns.argv(["nft", "-f", "-"]), input=SYN_DROP, text=True, check=True)
+        argv = ns.argv([PYTHON, str(STATES)])
+        with Program.command("tcp_states", argv, "connecting", family, tmp_path=tmp_path) as prog:
+            prog.wait_ready()
+            dump = tmp_path / "dump.img"
+            ns.vzcpt("dump", "--pid", prog.pid, "--dumpfile", dump)
+            prog.wait_gone()
+            ns.vzcpt("restore", "--dumpfile", dump)
+            assert locks(ns) == []
+            ns.run("nft", "delete", "table", "inet", "vzt_syn_drop")
+            assert prog.verify(timeout=60) == "OK"
+
+
+def test_waiting_connections_refused_and_runs_on(tmp_path: Path) -> None:
+    """A listener that never accepts its waiting connection: refused after the drain."""
+    script = (
+        "import socket; l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()\n"
+        "c = socket.create_connection(l.getsockname())\n"
+        "import sys, time; open(sys.argv[1], 'a').write('READY\\n'); time.sleep(600)\n"
+    )
+    with namespace() as ns:
+        argv = ns.argv([PYTHON, "-c", script])
+        with Program.command("backlog", argv, tmp_path=tmp_path) as prog:
             prog.wait_ready()
             result = ns.vzcpt(
-                "dump", "--pid", prog.pid, "--dumpfile", tmp_path / "d.img", check=False
-            )
-            assert result.returncode != 0 and message in result.stderr, result.stderr
+                "dump", "--pid", prog.pid, "--dumpfile", tmp_path / "d.img",
+                "--drain-timeout", "0.5", check=False,
+            )  # fmt: skip
+            assert result.returncode != 0, result.stderr
+            assert "1 connections not yet accepted after 0.5 s" in result.stderr, result.stderr
             assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
             assert prog.alive() and locks(ns) == []
 

@@ -1,6 +1,9 @@
 """Checkpoint of a process tree: the ordered stages of a dump.
 
-    freeze   every thread seized and stopped (inject/freeze.py)
+    freeze   every thread seized and stopped (inject/freeze.py); if its
+             listeners hold connections not yet accepted, the tree runs
+             until it has accepted them, and is frozen again
+             (resources/accept_queue.py)
     lock     no packet of the tree's TCP and UDP sockets comes or goes
              (resources/netlock.py); nothing of them has been read yet
     collect  each process saved by the resource modules, pages streamed out
@@ -38,10 +41,11 @@ from vzcpt.proc.maps import parse_maps
 from vzcpt.proc.stat import parse_stat
 from vzcpt.proc.status import namespace_ids
 from vzcpt.resources import memory, process, signals, thread, timers
+from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S, drain
 from vzcpt.resources.context import DumpContext, Stats
 from vzcpt.resources.fds import tty, unix
 from vzcpt.resources.fds.table import dump_table
-from vzcpt.resources.netlock import NetworkHold
+from vzcpt.resources.netlock import NetworkHold, Sockets
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
 Leave = Literal["kill", "running", "stopped"]
@@ -59,13 +63,15 @@ def dump_tree(
     held_by: Freezer | None = None,
     await_exit: bool = True,
     shell_job: bool = False,
+    drain_timeout: float = DRAIN_TIMEOUT_S,
 ) -> Stats:
     """Save the tree rooted at `root` into `dumpfile` ("-" for standard output).
 
     With `held_by`, the tree is frozen by that cgroup freezer (a suspended
     VE): it is seized as it is, and if it is not killed it is left frozen
     again, whatever happens. With `shell_job`, the tree may hold the terminal
-    it was started from (resources/fds/tty.py).
+    it was started from (resources/fds/tty.py). `drain_timeout`: how long the
+    tree may run to accept the connections waiting on its listeners.
     Without `await_exit`, a killed tree may still be dying when we return
     (for a caller that exits next: restore waits for pids of dying tasks).
     """
@@ -74,12 +80,11 @@ def dump_tree(
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # we hold each file the tree has
     tree = freeze_tree(root, held_by)
-    network: NetworkHold | None = None
+    network = NetworkHold()
 
     def let_go() -> None:
         try:
-            if network is not None:
-                network.release()
+            network.release()
         finally:
             if held_by is not None:
                 tree.leave_frozen(held_by)
@@ -90,7 +95,14 @@ def dump_tree(
     out: BinaryIO | None = None
     resumed = False
     try:
-        network = NetworkHold.take([p for p in tree.pids if p not in tree.zombies])
+        # A VE's queues were drained as it was suspended, by its freezer (ve/checkpoint.py).
+        surveyed = (
+            Sockets.survey(tree.processes())
+            if held_by is not None
+            else drain(tree, network, stats, drain_timeout)
+        )
+        with surveyed as sockets:
+            network.lock(sockets)
         stats.add_time("lock", time.monotonic() - tree.frozen_at)
         out = create_dumpfile(dumpfile)
         collect_started = time.monotonic()
@@ -129,8 +141,7 @@ def dump_tree(
             tree.kill(wait=await_exit)
         else:
             tree.leave_stopped()
-        if network is not None:
-            network.keep()
+        network.keep()
     stats.add_time("total", time.monotonic() - started)
     return stats
 

@@ -44,6 +44,8 @@ def print_stats(stats: Stats) -> None:
     print(f"  {'pages:':<20} {stats.pages:10d}", file=out)
     print(f"  {'zero pages skipped:':<20} {stats.pages_zero:10d}", file=out)
     print(f"  {'bytes:':<20} {stats.bytes:10d}", file=out)
+    if stats.drained or "drain" in stats.times:
+        print(f"  {'drained connections:':<20} {stats.drained:10d}", file=out)
     for line in stats.warnings:
         print(f"  warning: {line}", file=out)
 

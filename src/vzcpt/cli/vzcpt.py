@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the tree was started from a shell: it may hold that shell's terminal",
     )
+    dump.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long the tree may run to accept the connections waiting on its "
+        "listeners before the dump (default 2)",
+    )
     dump.add_argument("--stats", action="store_true", help="print times, pages and bytes")
 
     restore = sub.add_parser("restore", help="rebuild a tree from a dump file")
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dump":
         from vzcpt.dump import Leave, dump_tree
+        from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S
 
         leave: Leave = (
             "running" if args.leave_running else "stopped" if args.leave_stopped else "kill"
@@ -83,6 +91,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                 stats=Stats(on_progress=progress),
                 await_exit=False,  # we exit next; the kernel finishes the teardown
                 shell_job=args.shell_job,
+                drain_timeout=(
+                    DRAIN_TIMEOUT_S if args.drain_timeout is None else args.drain_timeout
+                ),
             )
         finally:
             progress.done()

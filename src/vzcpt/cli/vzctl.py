@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from vzcpt.cli.common import print_stats, run
+from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S
 from vzcpt.resources.context import Stats
 from vzcpt.ve.config import parse_size
 from vzcpt.ve.lifecycle import VE, list_ves
@@ -62,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     chkpnt.add_argument("veid")
     chkpnt.add_argument("--dumpfile", help="default: /vz/dump/Dump.VEID")
     chkpnt.add_argument("--stats", action="store_true")
+    chkpnt.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="at suspend, how long the VE may run to accept the connections waiting on "
+        f"its listeners (default {DRAIN_TIMEOUT_S:g})",
+    )
     for stage in ("suspend", "dump", "kill", "resume"):
         chkpnt.add_argument(
             f"--{stage}", action="store_true", help="one stage only (not implemented yet)"
@@ -142,8 +150,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _chkpnt(ve: VE, args: argparse.Namespace) -> int:
     stats = Stats()
+    drain_timeout = DRAIN_TIMEOUT_S if args.drain_timeout is None else args.drain_timeout
     if args.suspend:
-        ve.suspend()
+        ve.suspend(stats, drain_timeout)
         print(f"VE {ve.veid} suspended: processes frozen, network locked")
     elif args.dump:
         path = ve.dump(args.dumpfile, stats)
@@ -156,7 +165,7 @@ def _chkpnt(ve: VE, args: argparse.Namespace) -> int:
         print(f"VE {ve.veid} resumed")
     else:
         print(f"Setting up checkpoint of VE {ve.veid}...")
-        path = ve.chkpnt(args.dumpfile, stats)
+        path = ve.chkpnt(args.dumpfile, stats, drain_timeout)
         print(f"Checkpointing completed successfully: {path}")
     if args.stats:
         print_stats(stats)

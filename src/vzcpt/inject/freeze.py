@@ -38,10 +38,24 @@ class FrozenTree:
     def all_tids(self) -> list[int]:
         return [tid for pid in self.pids for tid in self.threads.get(pid, [])]
 
+    def processes(self) -> list[int]:
+        """The processes that run (not zombies), parents first."""
+        return [pid for pid in self.pids if pid not in self.zombies]
+
     def resume(self) -> None:
         """Let every task run on exactly where it was stopped."""
         for tid in self.all_tids():
             _detach_quietly(tid, 0)
+
+    def refreeze(self) -> None:
+        """After `resume`: freeze the tree again (by ptrace alone), as it is now, into this object.
+
+        If that fails, the tree runs on and this holds nothing to resume.
+        """
+        self.pids, self.threads = [], {}
+        again = freeze_tree(self.root)
+        self.pids, self.threads, self.zombies = again.pids, again.threads, again.zombies
+        self.job_stopped, self.frozen_at = again.job_stopped, again.frozen_at
 
     def leave_frozen(self, freezer: Freezer) -> None:
         """Detach into the cgroup freezer: frozen again before any task may run."""

@@ -7,14 +7,22 @@ answered with a reset. One table per checkpoint, in the tree's network
 namespace, drops in its input and output hooks (at raw priority, before
 conntrack) the packets of:
 
-- each TCP connection, by its four addresses and ports, both ways;
+- each TCP connection (or socket still connecting), by its four
+  addresses and ports, both ways;
 - each listening TCP socket and each bound UDP socket, by its address and
   port (by port alone when bound to any address).
 
 Packets carrying `mark` (SO_MARK) pass: those are the restorer's own,
 handing restored sockets what their peers had sent (kernel/packets.py).
 Element lists go into sets, so a thousand connections are one rule each
-way. `nft` runs in the namespace through nsenter(1) when it is not ours.
+way.
+
+Before that lock, while the tree still runs to accept the connections
+waiting on its listeners (resources/accept_queue.py), a chain of the same
+table drops only the SYNs to those listeners: no new connection arrives,
+those already made go on. Both parts go when the table is deleted.
+
+`nft` runs in the namespace through nsenter(1) when it is not ours.
 """
 
 from __future__ import annotations
@@ -55,22 +63,45 @@ def _set(name: str, kind: str, elements: list[str]) -> str:
     return f"  set {name} {{ {body} }}\n"
 
 
+def _endpoint_sets(endpoints: list[tuple[str, int]]) -> tuple[dict[int, list[str]], list[str]]:
+    """Elements of the (address . port) sets by IP version, and of the port-only set."""
+    by_version: dict[int, list[str]] = {4: [], 6: []}
+    any_address: list[str] = []
+    for address, port in endpoints:
+        if not address or ipaddress.ip_address(address).is_unspecified:
+            any_address.append(str(port))
+        else:
+            version, plain = _ip(address)
+            by_version[version].append(f"{plain} . {port}")
+    return by_version, any_address
+
+
+def _port_sets(prefix: str, endpoints: list[tuple[str, int]]) -> str:
+    by_version, any_address = _endpoint_sets(endpoints)
+    return (
+        _set(f"{prefix}4", _ENDPOINT[4], by_version[4])
+        + _set(f"{prefix}6", _ENDPOINT[6], by_version[6])
+        + _set(f"{prefix}any", "inet_service", any_address)
+    )
+
+
+_ENDPOINT = {4: "ipv4_addr . inet_service", 6: "ipv6_addr . inet_service"}
+
+
+def _chain(name: str, hook: str, rules: list[str]) -> str:
+    body = "".join(f"    {rule}\n" for rule in rules)
+    return (
+        f"  chain {name} {{\n    type filter hook {hook} priority {PRIORITY}; policy accept;\n"
+        f"{body}  }}\n"
+    )
+
+
 def lock_script(table: str, mark: int, blocked: Blocked) -> str:
-    """The nft script that creates the lock table."""
+    """The nft script that creates the lock table (or adds the lock to it)."""
     conn: dict[int, list[str]] = {4: [], 6: []}
     for laddr, lport, raddr, rport in blocked.connections:
         (version, local), (_, remote) = _ip(laddr), _ip(raddr)
         conn[version].append(f"{local} . {lport} . {remote} . {rport}")
-    ports: dict[tuple[str, int], list[str]] = {}
-    for proto, endpoints in (("tcp", blocked.tcp_ports), ("udp", blocked.udp_ports)):
-        for version in (0, 4, 6):
-            ports[proto, version] = []
-        for address, port in endpoints:
-            if not address or ipaddress.ip_address(address).is_unspecified:
-                ports[proto, 0].append(str(port))
-            else:
-                version, plain = _ip(address)
-                ports[proto, version].append(f"{plain} . {port}")
     sets = _set("conn4", "ipv4_addr . inet_service . ipv4_addr . inet_service", conn[4])
     sets += _set("conn6", "ipv6_addr . inet_service . ipv6_addr . inet_service", conn[6])
     rules_in = [f"meta mark {mark:#x} accept"]
@@ -78,27 +109,36 @@ def lock_script(table: str, mark: int, blocked: Blocked) -> str:
     for version, ip in ((4, "ip"), (6, "ip6")):
         rules_in.append(f"{ip} daddr . tcp dport . {ip} saddr . tcp sport @conn{version} drop")
         rules_out.append(f"{ip} saddr . tcp sport . {ip} daddr . tcp dport @conn{version} drop")
-    for proto in ("tcp", "udp"):
-        kind = {4: "ipv4_addr . inet_service", 6: "ipv6_addr . inet_service"}
+    for proto, endpoints in (("tcp", blocked.tcp_ports), ("udp", blocked.udp_ports)):
+        sets += _port_sets(proto, endpoints)
         for version, ip in ((4, "ip"), (6, "ip6")):
-            sets += _set(f"{proto}{version}", kind[version], ports[proto, version])
             rules_in.append(f"{ip} daddr . {proto} dport @{proto}{version} drop")
             rules_out.append(f"{ip} saddr . {proto} sport @{proto}{version} drop")
-        sets += _set(f"{proto}any", "inet_service", ports[proto, 0])
         rules_in.append(f"{proto} dport @{proto}any drop")
         rules_out.append(f"{proto} sport @{proto}any drop")
-
-    def chain(name: str, hook: str, rules: list[str]) -> str:
-        body = "".join(f"    {rule}\n" for rule in rules)
-        return (
-            f"  chain {name} {{\n    type filter hook {hook} priority {PRIORITY}; policy accept;\n"
-            f"{body}  }}\n"
-        )
-
     return (
         f"table inet {table} {{\n{sets}"
-        f"{chain('input', 'input', rules_in)}{chain('output', 'output', rules_out)}}}\n"
+        f"{_chain('input', 'input', rules_in)}{_chain('output', 'output', rules_out)}}}\n"
     )
+
+
+SYN = "tcp flags & (syn | ack) == syn"  # a connection's first packet, and only that
+
+
+def syn_drop_script(table: str, listeners: list[tuple[str, int]], with_chain: bool) -> str:
+    """The nft script that drops new connections to `listeners` (address, port), in `table`.
+
+    The chain comes once; later scripts only add listeners to its sets.
+    """
+    script = f"table inet {table} {{\n{_port_sets('syn', listeners)}"
+    if with_chain:
+        rules = [
+            f"{SYN} ip daddr . tcp dport @syn4 drop",
+            f"{SYN} ip6 daddr . tcp dport @syn6 drop",
+            f"{SYN} tcp dport @synany drop",
+        ]
+        script += _chain("syn", "input", rules)
+    return script + "}\n"
 
 
 def _nft(
@@ -126,6 +166,16 @@ def lock(table: str, mark: int, blocked: Blocked, netns: int | None = None) -> N
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or ["no message"])[0]
         raise VzcptError(f"could not lock the network of the tree with nftables: {why}")
+
+
+def drop_syns(
+    table: str, listeners: list[tuple[str, int]], with_chain: bool, netns: int | None = None
+) -> None:
+    """Drop new connections to `listeners` in `table` (made if missing), in namespace `netns`."""
+    done = _nft(["-f", "-"], netns, syn_drop_script(table, listeners, with_chain))
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[0]
+        raise VzcptError(f"could not hold new connections off the tree with nftables: {why}")
 
 
 def unlock(table: str, netns: int | None = None) -> bool:

@@ -1,8 +1,14 @@
-"""sock_diag(7) for unix sockets: type, state, name, peer and queue lengths by inode.
+"""sock_diag(7): unix sockets by inode, and the accept queues of TCP listeners.
 
 Nothing else tells which socket is the peer of a socket: UNIX_DIAG_PEER
 gives its inode. The query sees the sockets of one network namespace; for
 another one (a VE's) it runs in a child that joins that namespace.
+
+A TCP listener's idiag_rqueue is the number of connections waiting in its
+accept queue. `ListenQueues` asks for it again and again while a tree
+drains its queues: its netlink socket is made once inside the namespace
+(this thread steps in for that, kernel/netns.py) and answers for that
+namespace from then on, holding no socket of the tree.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ import os
 import socket
 from dataclasses import asdict, dataclass
 
+from vzcpt.kernel import netns
 from vzcpt.kernel.nsexec import in_namespace
+
+TCP_LISTEN = 10
 
 
 @dataclass(frozen=True)
@@ -70,3 +79,30 @@ def _query() -> dict[int, UnixSock]:
                 shutdown=int(attrs.get("UNIX_DIAG_SHUTDOWN") or 0),
             )
     return found
+
+
+class ListenQueues:
+    """The accept queues of the TCP listeners of one network namespace."""
+
+    def __init__(self, ns_fd: int | None) -> None:
+        """`ns_fd`: a descriptor on the namespace; None for ours."""
+        from pyroute2.netlink.diag import DiagSocket  # type: ignore[import-untyped]
+
+        with netns.entered(f"/proc/self/fd/{ns_fd}" if ns_fd is not None else ""):
+            self.diag = DiagSocket()
+        try:
+            self.diag.bind()
+        except BaseException:
+            self.diag.close()
+            raise
+
+    def lengths(self) -> dict[int, int]:
+        """Connections waiting to be accepted, by the inode of their listener."""
+        found = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self.diag.get_sock_stats(family=family, states=1 << TCP_LISTEN):
+                found[msg["idiag_inode"]] = msg["idiag_rqueue"]
+        return found
+
+    def close(self) -> None:
+        self.diag.close()

@@ -8,6 +8,10 @@ kind and gets or gives one Python value:
 - "timeval": struct timeval (SO_RCVTIMEO, SO_SNDTIMEO), as microseconds;
 - "name": a string (TCP_CONGESTION, SO_BINDTODEVICE).
 
+SO_PEERNAME gives the address a TCP socket connects to while its handshake
+is under way (SYN-SENT), where getpeername answers ENOTCONN: the kernel
+skips that state check for it.
+
 Since Linux 6.16 SO_PASSCRED, SO_PASSPIDFD and SO_PASSSEC are refused on
 inet sockets (EOPNOTSUPP); `readable` lets a caller skip what this kernel
 does not offer on a given socket instead of failing.
@@ -19,6 +23,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 from typing import Literal
 
 OptionKind = Literal["int", "linger", "timeval", "name"]
@@ -96,3 +101,17 @@ def set_buffer_sizes(sock: socket.socket, sndbuf: int, rcvbuf: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, sndbuf // 2)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf // 2)
+
+
+SO_PEERNAME = 28
+_SOCKADDR_LEN = {socket.AF_INET: 16, socket.AF_INET6: 28}
+
+
+def connecting_peer(sock: socket.socket) -> tuple[str, int] | tuple[str, int, int, int]:
+    """The peer's address of a TCP socket, connected or still connecting, as getpeername's."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, _SOCKADDR_LEN[sock.family])
+    port = int.from_bytes(raw[2:4], "big")
+    if sock.family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    flowinfo, scope_id = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder)
+    return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope_id

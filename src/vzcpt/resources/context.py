@@ -32,6 +32,7 @@ class Stats:
     processes: int = 0
     threads: int = 0
     files: int = 0
+    drained: int = 0  # connections the tree accepted before its dump (resources/accept_queue.py)
     warnings: list[str] = field(default_factory=list)
     # Called as work advances (what, bytes so far), e.g. to draw a progress line.
     on_progress: Callable[[str, int], None] | None = None

@@ -12,6 +12,10 @@ reset). CRIU calls this the network lock; here it has two parts:
   only for their addresses and state, which reading does not change, and
   the namespace each belongs to (SIOCGSKNS). The table's name is in the
   dump (`NetLockRecord`), for the restore to remove it;
+- if the tree's listeners hold connections not yet accepted, the tree is
+  let accept them first (resources/accept_queue.py), while a chain of the
+  same table drops new connections to its listeners: that chain stays with
+  the lock;
 - each TCP connection goes into repair mode as it is read
   (resources/fds/tcp.py): a socket in repair mode is closed without FIN or
   reset when its process dies.
@@ -44,10 +48,12 @@ from dataclasses import dataclass
 from vzcpt.image.schema import record
 from vzcpt.kernel import netns, nftables
 from vzcpt.kernel.fds import steal_fd
+from vzcpt.kernel.sockopts import connecting_peer
 from vzcpt.kernel.tcp_repair import REPAIR_OFF_NO_PROBE, REPAIR_ON, set_repair, tcp_info
 from vzcpt.proc import files as procfs
 
 MARK = 0x7A63_7074  # "zcpt": packets the restorer sends past its own lock
+TCP_CLOSE = 7
 TCP_LISTEN = 10
 INET = (socket.AF_INET, socket.AF_INET6)
 KINDS = ((socket.SOCK_STREAM, socket.IPPROTO_TCP), (socket.SOCK_DGRAM, socket.IPPROTO_UDP))
@@ -68,28 +74,41 @@ class _Repairing:
     reuseaddr: int  # SO_REUSEADDR before repair mode changed it
 
 
-class NetworkHold:
-    """The lock of one dump, and the connections it put in repair mode."""
+@dataclass(frozen=True)
+class Listener:
+    """A listening TCP socket of the tree, with the connections waiting in its accept queue."""
 
-    def __init__(self, table: str) -> None:
-        self.table = table
-        # The namespaces the table is in: a descriptor on each, None for ours.
-        self.locked: list[int | None] = []
+    pid: int  # a process holding it, and its descriptor there
+    fd: int
+    ino: int
+    netns: int  # the inode of its network namespace
+    family: int
+    address: tuple[str, int]
+    waiting: int
+
+
+class Sockets:
+    """The TCP and UDP sockets of frozen processes, as the lock must see them.
+
+    Reading them changes nothing. Each socket is placed in its own network
+    namespace (SIOCGSKNS), which is its process's unless the process moved
+    after making it; a descriptor on each namespace other than ours is held
+    until `close`.
+    """
+
+    def __init__(self) -> None:
+        # Namespace inode -> (a descriptor on it, None for ours; what the lock drops there)
+        self.namespaces: dict[int, tuple[int | None, nftables.Blocked]] = {}
         self.covered: set[int] = set()  # inodes of the sockets the lock blocks
-        self.repairing: list[_Repairing] = []
+        self.listeners: list[Listener] = []
 
     @classmethod
-    def take(cls, pids: list[int]) -> NetworkHold:
-        """Lock the TCP and UDP sockets the (frozen) processes `pids` hold.
-
-        Each socket is locked in its own network namespace (SIOCGSKNS), which
-        is its process's unless the process moved after making it.
-        """
-        hold = cls(f"vzcpt_{os.getpid()}_{secrets.token_hex(4)}")
+    def survey(cls, pids: list[int]) -> Sockets:
+        """The sockets the (frozen) processes `pids` hold."""
+        found = cls()
         here = netns.ours()
-        blocked: dict[int, tuple[int | None, nftables.Blocked]] = {}
+        seen: set[int] = set()
         try:
-            seen: set[int] = set()
             for pid in pids:
                 for fd, ino in _sockets(pid):
                     if ino in seen:
@@ -99,28 +118,100 @@ class NetworkHold:
                     try:
                         ns_fd = netns.of_socket(local)
                         ns = netns.inode(ns_fd)
-                        if ns not in blocked:
-                            blocked[ns] = (None if ns == here else ns_fd, nftables.Blocked())
-                        if blocked[ns][0] != ns_fd:
+                        if ns not in found.namespaces:
+                            where = None if ns == here else ns_fd
+                            found.namespaces[ns] = (where, nftables.Blocked())
+                        if found.namespaces[ns][0] != ns_fd:
                             os.close(ns_fd)
-                        if _block(blocked[ns][1], local):
-                            hold.covered.add(ino)
+                        with socket.socket(fileno=os.dup(local)) as sock:
+                            found._add(sock, pid, fd, ino, ns)
                     finally:
                         os.close(local)
-            for where, what in blocked.values():
-                if what:
-                    nftables.lock(hold.table, MARK, what, where)
-                    hold.locked.append(where)
-                elif where is not None:
-                    os.close(where)
         except BaseException:
-            locked = set(hold.locked)
-            hold.release()  # closes those
-            for where, _ in blocked.values():
-                if where is not None and where not in locked:
-                    os.close(where)
+            found.close()
             raise
-        return hold
+        return found
+
+    def _add(self, sock: socket.socket, pid: int, fd: int, ino: int, ns: int) -> None:
+        """What the lock must drop for `sock`, if anything reaches it."""
+        blocked = self.namespaces[ns][1]
+        if sock.family not in INET or (sock.type, sock.proto) not in KINDS:
+            return
+        host, port = sock.getsockname()[:2]
+        if sock.proto == socket.IPPROTO_UDP:
+            if port:
+                blocked.udp_ports.append((host, port))
+                self.covered.add(ino)
+            return
+        info = tcp_info(sock)
+        if info.state == TCP_LISTEN:
+            blocked.tcp_ports.append((host, port))
+            self.covered.add(ino)
+            self.listeners.append(
+                Listener(pid, fd, ino, ns, sock.family, (host, port), waiting=info.unacked)
+            )
+            return
+        if info.state == TCP_CLOSE:
+            return
+        # SYN-SENT too: its SYN, sent again while the tree is frozen, must not complete it.
+        peer_host, peer_port = connecting_peer(sock)[:2]
+        blocked.connections.append((host, port, peer_host, peer_port))
+        self.covered.add(ino)
+
+    @property
+    def waiting(self) -> list[Listener]:
+        """The listeners with connections not yet accepted."""
+        return [found for found in self.listeners if found.waiting]
+
+    def __enter__(self) -> Sockets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for where, _ in self.namespaces.values():
+            if where is not None:
+                os.close(where)
+        self.namespaces.clear()
+
+
+class NetworkHold:
+    """The lock of one dump, and the connections it put in repair mode."""
+
+    def __init__(self) -> None:
+        self.table = f"vzcpt_{os.getpid()}_{secrets.token_hex(4)}"
+        # The namespaces the table is in: inode -> a descriptor on it, None for ours.
+        self.locked: dict[int, int | None] = {}
+        self.holding_syns: set[int] = set()  # namespaces where the table drops SYNs
+        self.covered: set[int] = set()  # inodes of the sockets the lock blocks
+        self.repairing: list[_Repairing] = []
+
+    def drop_syns(self, sockets: Sockets) -> None:
+        """New connections to the listeners of `sockets` are dropped from now on.
+
+        Only their SYNs: the connections they have go on. The table takes them
+        into the lock: they stay dropped until the lock goes.
+        """
+        for ns, (where, blocked) in sockets.namespaces.items():
+            if blocked.tcp_ports:
+                with_chain = ns not in self.holding_syns
+                self._remember(ns, where)
+                nftables.drop_syns(self.table, blocked.tcp_ports, with_chain, self.locked[ns])
+                self.holding_syns.add(ns)
+
+    def lock(self, sockets: Sockets) -> None:
+        """Drop every packet of the sockets found, both ways (the table made or completed)."""
+        for ns, (where, blocked) in sockets.namespaces.items():
+            if blocked:
+                self._remember(ns, where)
+                nftables.lock(self.table, MARK, blocked, self.locked[ns])
+        self.covered = set(sockets.covered)
+
+    def _remember(self, ns: int, where: int | None) -> None:
+        """The table is (or is about to be) in namespace `ns`: remove it from there on release."""
+        if ns not in self.locked:
+            self.locked[ns] = os.dup(where) if where is not None else None
 
     @property
     def record(self) -> NetLockRecord | None:
@@ -138,22 +229,24 @@ class NetworkHold:
                 set_repair(held.sock, REPAIR_OFF_NO_PROBE)
                 held.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, held.reuseaddr)
         self._drop_handles()
-        locked, self.locked = self.locked, []
+        locked, self.locked = self.locked, {}
+        self.holding_syns.clear()
         try:
-            for ns_fd in locked:
+            for ns_fd in locked.values():
                 nftables.unlock(self.table, ns_fd)
         finally:
-            for ns_fd in locked:
+            for ns_fd in locked.values():
                 if ns_fd is not None:
                     os.close(ns_fd)
 
     def keep(self) -> None:
         """The tree is gone (or stays stopped): connections stay in repair mode, lock stays."""
         self._drop_handles()
-        for ns_fd in self.locked:
+        for ns_fd in self.locked.values():
             if ns_fd is not None:
                 os.close(ns_fd)
-        self.locked = []
+        self.locked = {}
+        self.holding_syns.clear()
 
     def _drop_handles(self) -> None:
         for held in self.repairing:
@@ -170,25 +263,3 @@ def _sockets(pid: int) -> list[tuple[int, int]]:
             if link.startswith("socket:["):
                 found.append((fd, int(link[len("socket:[") : -1])))
     return found
-
-
-def _block(blocked: nftables.Blocked, local: int) -> bool:
-    """Add what the lock must drop for the socket at `local`; False if nothing reaches it."""
-    with socket.socket(fileno=os.dup(local)) as sock:
-        if sock.family not in INET or (sock.type, sock.proto) not in KINDS:
-            return False
-        host, port = sock.getsockname()[:2]
-        if sock.proto == socket.IPPROTO_UDP:
-            if port:
-                blocked.udp_ports.append((host, port))
-            return bool(port)
-        state = tcp_info(sock).state
-        if state == TCP_LISTEN:
-            blocked.tcp_ports.append((host, port))
-            return True
-        try:
-            peer_host, peer_port = sock.getpeername()[:2]
-        except OSError:  # ENOTCONN: closed, or still connecting (refused when dumped)
-            return False
-    blocked.connections.append((host, port, peer_host, peer_port))
-    return True

@@ -1,10 +1,13 @@
 """Checkpoint and restore of a whole VE: the engine, plus what makes a VE a VE.
 
 chkpnt: the VE's network is locked (no packet in or out, no reset sent),
-its process tree — rooted at its init — is dumped with the ids its programs
-know, together with a `VeRecord` (its config and network), and killed once
-the dump is safe on disk; then its network, cgroups and root are taken down.
-A failed dump unlocks the network and leaves the VE running.
+its processes frozen; if its listeners hold connections not yet accepted,
+it is thawed until it has accepted them, new connections to them dropped
+inside the VE (`suspend`), and frozen again. Its process tree — rooted at
+its init — is dumped with the ids its programs know, together with a
+`VeRecord` (its config and network), and killed once the dump is safe on
+disk; then its network, cgroups and root are taken down. A failed dump
+unlocks the network and leaves the VE running.
 
 restore: the VE's root is mounted and its cgroups made with the limits it
 had (as at start, plus any set without --save since); a
@@ -18,6 +21,7 @@ everything it built.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -25,8 +29,11 @@ from vzcpt.dump import dump_tree
 from vzcpt.errors import VzcptError
 from vzcpt.image.schema import record
 from vzcpt.image.stream import open_dump
+from vzcpt.kernel import nftables
 from vzcpt.resources import mqueue, sysvipc
+from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S, drain
 from vzcpt.resources.context import Stats
+from vzcpt.resources.netlock import NetworkHold
 from vzcpt.restore import restore_tree
 from vzcpt.restore.seed import become_seed
 from vzcpt.ve import net
@@ -82,12 +89,14 @@ def dump_ve(
     stats: Stats,
     *,
     kill: bool,
+    drain_timeout: float = DRAIN_TIMEOUT_S,
 ) -> None:
     """Dump the VE, frozen by its cgroup with its network locked.
 
-    With `kill` (vzctl chkpnt) a running VE is suspended first and killed once
-    the dump is safe; a failure thaws and unlocks it, running on. Without
-    (chkpnt --dump) the VE is already suspended and stays so, whatever happens.
+    With `kill` (vzctl chkpnt) a running VE is suspended first (its accept
+    queues drained) and killed once the dump is safe; a failure thaws and
+    unlocks it, running on. Without (chkpnt --dump) the VE is already
+    suspended and stays so, whatever happens.
     """
 
     def dump() -> None:
@@ -104,14 +113,69 @@ def dump_ve(
     if not kill:
         dump()
         return
-    net.lock_network(veid)
+    syn_drop = suspend(veid, cgroups, stats, drain_timeout)
     try:
-        cgroups.freeze()
         dump()
     except BaseException:
-        cgroups.thaw()
+        try:
+            syn_drop.release()
+        finally:
+            cgroups.thaw()
+            net.unlock_network(veid)
+        raise
+    syn_drop.keep()  # gone with the VE's network namespace
+
+
+def suspend(veid: int, cgroups: VeCgroups, stats: Stats, drain_timeout: float) -> NetworkHold:
+    """Lock the VE's network and freeze it, its accept queues drained; on failure it runs on.
+
+    If connections wait on its listeners, the VE is thawed until it has
+    accepted them (resources/accept_queue.py), and frozen again. Clients
+    outside are held off by the veth's lock; the SYNs of those inside are
+    dropped in the VE's namespace by the table of the hold returned (empty
+    if no queue was drained), until it is released or the VE dies.
+    """
+    net.lock_network(veid)
+    syn_drop = NetworkHold()
+    try:
+        cgroups.freeze()
+        try:
+            drain(_FrozenVe(cgroups), syn_drop, stats, drain_timeout).close()
+        except BaseException:
+            try:
+                syn_drop.release()
+            finally:
+                cgroups.thaw()
+            raise
+    except BaseException:
         net.unlock_network(veid)
         raise
+    return syn_drop
+
+
+class _FrozenVe:
+    """A VE frozen by its cgroup, as `accept_queue.drain` lets it run and stops it."""
+
+    def __init__(self, cgroups: VeCgroups) -> None:
+        self.cgroups = cgroups
+
+    def processes(self) -> list[int]:
+        return self.cgroups.pids()
+
+    def resume(self) -> None:
+        self.cgroups.thaw()
+
+    def refreeze(self) -> None:
+        self.cgroups.freeze()
+
+
+def release_syn_drop(init_pid: int, table: str) -> None:
+    """Remove the table `suspend` left in the VE's network namespace (if still there)."""
+    ns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        nftables.unlock(table, ns_fd)
+    finally:
+        os.close(ns_fd)
 
 
 def read_ve_record(dumpfile: str, veid: int) -> VeRecord:

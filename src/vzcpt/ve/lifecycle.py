@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from vzcpt.errors import VzcptError
 from vzcpt.proc import files as procfs
 from vzcpt.proc.stat import parse_stat
+from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S
 from vzcpt.resources.context import Stats
 from vzcpt.ve import checkpoint, console, init, net, rootfs, templates
 from vzcpt.ve.cgroups import VeCgroups
@@ -42,6 +43,7 @@ from vzcpt.ve.state import (
 
 VE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_TIMEOUT = 10.0
+SYN_DROP = "syn_drop"  # state note: the table dropping SYNs in a suspended VE (checkpoint.suspend)
 
 
 @dataclass
@@ -169,9 +171,14 @@ class VE:
 
     # --- checkpoint and restore ------------------------------------------------
 
-    def chkpnt(self, dumpfile: str | None = None, stats: Stats | None = None) -> str:
+    def chkpnt(
+        self,
+        dumpfile: str | None = None,
+        stats: Stats | None = None,
+        drain_timeout: float = DRAIN_TIMEOUT_S,
+    ) -> str:
         """Suspend, dump and kill the VE (vzctl chkpnt); return the dump file's path."""
-        return self._dump("chkpnt", dumpfile, stats)
+        return self._dump("chkpnt", dumpfile, stats, drain_timeout)
 
     def restore(
         self, dumpfile: str | None = None, stats: Stats | None = None, *, frozen: bool = False
@@ -197,30 +204,39 @@ class VE:
                 raise
             rec.init_pid = init_pid
             rec.dumpfile = path
+            rec.extra.pop(SYN_DROP, None)  # that of the VE dumped, gone with it
             rec.extra["init_start"] = str(parse_stat(procfs.read(init_pid, "stat")).starttime)
             commit_transition(self.paths, rec, op)
             return init_pid
 
     # --- the stages of chkpnt and restore, each its own command ------------------
 
-    def suspend(self) -> None:
-        """chkpnt --suspend: freeze every process and lock the network."""
+    def suspend(self, stats: Stats | None = None, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """chkpnt --suspend: lock the network and freeze every process, once the
+        connections waiting on the VE's listeners are accepted (checkpoint.suspend)."""
         with VeLock(self.paths, self.veid):
             rec = self.state()
             check_transition("suspend", rec.state, self.veid)
-            net.lock_network(self.veid)
-            try:
-                VeCgroups(self.veid).freeze()
-            except BaseException:
-                net.unlock_network(self.veid)
-                raise
+            syn_drop = checkpoint.suspend(
+                self.veid, VeCgroups(self.veid), stats or Stats(), drain_timeout
+            )
+            rec.extra.pop(SYN_DROP, None)
+            if syn_drop.locked:
+                rec.extra[SYN_DROP] = syn_drop.table  # removed when the VE resumes
+            syn_drop.keep()
             commit_transition(self.paths, rec, "suspend")
 
     def dump(self, dumpfile: str | None = None, stats: Stats | None = None) -> str:
         """chkpnt --dump: save a suspended VE; it stays suspended."""
         return self._dump("dump", dumpfile, stats)
 
-    def _dump(self, op: str, dumpfile: str | None, stats: Stats | None) -> str:
+    def _dump(
+        self,
+        op: str,
+        dumpfile: str | None,
+        stats: Stats | None,
+        drain_timeout: float = DRAIN_TIMEOUT_S,
+    ) -> str:
         with VeLock(self.paths, self.veid):
             rec = self.state()
             check_transition(op, rec.state, self.veid)
@@ -237,6 +253,7 @@ class VE:
                 path,
                 stats or Stats(),
                 kill=kill,
+                drain_timeout=drain_timeout,
             )
             if kill:
                 self._cleanup_after_init()
@@ -258,6 +275,9 @@ class VE:
         with VeLock(self.paths, self.veid):
             rec = self.state()
             check_transition("resume", rec.state, self.veid)
+            table = rec.extra.pop(SYN_DROP, None)
+            if table is not None and rec.init_pid is not None:
+                checkpoint.release_syn_drop(rec.init_pid, table)
             VeCgroups(self.veid).thaw()
             net.unlock_network(self.veid)
             commit_transition(self.paths, rec, "resume")

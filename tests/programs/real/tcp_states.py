@@ -22,6 +22,11 @@ CASE:
   where the second end shut down too, with its own data pending (LAST-ACK).
   After the restore: the data, then end-of-stream, each way it was sent;
   writing still works towards an end that has only shut down its reading;
+- connecting: a listener on port 9, whose SYNs the test drops, and two
+  sockets connecting to it (SYN-SENT): one non-blocking, one blocking in
+  connect() in a child process. After the restore (the test no longer
+  drops them): both connections complete, the child's connect() returns
+  0, and the listener gets what each sent;
 - listen: a listener with its backlog and an accepted connection, a socket
   bound and not listening, a new socket, and one whose connection closed.
   After the restore: the listener accepts a new connection, the bound
@@ -33,6 +38,7 @@ Writes READY once set up; on SIGUSR1 checks and writes OK or FAIL <why>.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -315,7 +321,76 @@ class Listen(Case):
         self.closed.close()
 
 
+class Connecting(Case):
+    PORT = 9  # the test drops the SYNs to it
+
+    def set_up(self) -> None:
+        self.listener = socket.socket(self.family)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((self.host, self.PORT))
+        self.listener.listen()
+        self.client = socket.socket(self.family)
+        self.client.setblocking(False)
+        if self.client.connect_ex((self.host, self.PORT)) != errno.EINPROGRESS:
+            raise RuntimeError("the connection did not stay in progress")
+        self.child = os.fork()
+        if self.child == 0:
+            try:
+                with socket.socket(self.family) as sock:
+                    sock.connect((self.host, self.PORT))  # blocks until after the restore
+                    sock.sendall(b"child")
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        deadline = time.monotonic() + 10
+        while len(syn_sent(self.PORT)) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the child is not connecting")
+            time.sleep(0.01)
+
+    def check(self, problems: list[str]) -> None:
+        if not select.select([], [self.client], [], 30)[1]:
+            problems.append("the non-blocking connection did not complete")
+            return
+        error = self.client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            problems.append(f"the non-blocking connection failed: {os.strerror(error)}")
+            return
+        self.client.setblocking(True)
+        self.client.sendall(b"parent")
+        self.listener.settimeout(30)
+        got = set()
+        for _ in range(2):
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(30)
+                got.add(conn.recv(10))
+        if got != {b"child", b"parent"}:
+            problems.append(f"the listener got {sorted(got)}")
+        deadline = time.monotonic() + 30
+        while (status := os.waitpid(self.child, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                problems.append("the child is still connecting")
+                return
+            time.sleep(0.01)
+        if status[1] != 0:
+            problems.append(f"the child's connect failed (status {status[1]:#x})")
+
+
+def syn_sent(port: int) -> list[str]:
+    """The lines of /proc/net/tcp{,6} of sockets connecting to `port` (state 02)."""
+    found = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "02" and int(fields[2].split(":")[1], 16) == port:
+                    found.append(line)
+    return found
+
+
 CASES = {
+    "connecting": Connecting,
     "established": Established,
     "full-queues": FullQueues,
     "half-closed": HalfClosed,

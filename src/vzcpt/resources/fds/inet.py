@@ -15,10 +15,20 @@ connection is rebuilt in repair mode; a UDP socket gets its datagrams back,
 sent "by their senders" through a raw socket (kernel/packets.py), then is
 connected to its peer. O_NONBLOCK is kept.
 
+A socket still connecting (SYN-SENT; its peer from SO_PEERNAME) is bound
+to its address at restore and connects again once every process is rebuilt
+and the lock gone: a fresh handshake, its SYN count started anew. A program
+blocked in connect() goes on waiting in it (the call, restarted, finds the
+socket connecting and waits for the handshake).
+
+A listener's connections not yet accepted are accepted by the tree itself
+before the dump (resources/accept_queue.py).
+
 Refused at checkpoint, with a line naming process, descriptor and reason:
-a listener with connections not yet accepted, a connection being set up
-(SYN sent or received), a socket the lock cannot see (not in its process's
-network namespace), a corked UDP socket (its pending data cannot be read).
+a listener with connections not yet accepted even so, a connection being
+accepted (SYN received, TCP Fast Open), a socket the lock cannot see (not
+in its process's network namespace), a corked UDP socket (its pending data
+cannot be read).
 A closed TCP socket comes back new (bound if it was): an error or
 end-of-stream it would still report is not kept. SO_SNDBUF and SO_RCVBUF
 are restored when they differ from a new socket's, which also ends their
@@ -42,6 +52,7 @@ from vzcpt.kernel import tcp_repair as repair
 from vzcpt.kernel.sockopts import (
     OptionKind,
     buffer_sizes,
+    connecting_peer,
     readable,
     set_buffer_sizes,
     set_option,
@@ -58,6 +69,7 @@ SO_PEEK_OFF = 42
 UDP_CORK = 1
 STATUS_FLAGS = os.O_NONBLOCK
 RESTORED = "tcp-restored"  # RestoreContext.extra: connections waiting to leave repair mode
+CONNECTING = "tcp-connecting"  # RestoreContext.extra: sockets to connect once unlocked
 DATAGRAM_TIMEOUT_S = 2.0
 TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
 BOTH = frozenset({TCP, UDP})
@@ -294,6 +306,11 @@ def _dump_tcp(
         return
     if info.state == tcp_stream.CLOSE:
         return
+    if info.state == tcp_stream.SYN_SENT:
+        # Connected again at restore: a fresh handshake, its SYN held by the lock till then.
+        _require_lock(ctx, ino, where)
+        rec.peer = _endpoint(connecting_peer(sock))
+        return
     if info.state not in tcp_stream.CONNECTED:
         state = tcp_stream.STATE_NAMES.get(info.state, f"in TCP state {info.state}")
         raise Unsupported(f"{where} is {state}, which vzcpt cannot checkpoint yet")
@@ -364,6 +381,10 @@ def _rebuild(ctx: RestoreContext, sock: socket.socket, rec: InetSocketRecord, fl
         _give_datagrams(ctx, sock, rec)
     if rec.type == socket.SOCK_DGRAM and rec.peer is not None:
         sock.connect(rec.peer.sockaddr(rec.family))
+    if rec.state == tcp_stream.SYN_SENT and rec.peer is not None:
+        ctx.extra.setdefault(CONNECTING, []).append(
+            tcp_stream.Connecting(fd=sock.fileno(), peer=rec.peer, status_flags=flags)
+        )
 
 
 def _rebuild_connection(
@@ -396,10 +417,12 @@ def _rebuild_connection(
 
 
 def resume_network(ctx: RestoreContext) -> None:
-    """Every process rebuilt: the lock goes, then the connections leave repair mode.
+    """Every process rebuilt: the lock goes, then the connections leave repair mode,
+    then the sockets that were connecting connect again.
 
     In that order, so that the window probe each connection sends as it
-    leaves repair mode, and the data it had not sent, reach the peer at once.
+    leaves repair mode, the data it had not sent, and the SYNs, reach the
+    peer at once (a listener of the tree included: it exists by now).
     """
     from vzcpt.kernel import nftables
 
@@ -413,6 +436,9 @@ def resume_network(ctx: RestoreContext) -> None:
     restored: list[tcp_stream.RestoredConnection] = ctx.extra.pop(RESTORED, [])
     for conn in restored:
         tcp_stream.resume(conn)
+    connecting: list[tcp_stream.Connecting] = ctx.extra.pop(CONNECTING, [])
+    for pending in connecting:
+        tcp_stream.connect_again(pending)
 
 
 def _mark(ctx: RestoreContext) -> int:

@@ -181,3 +181,27 @@ def resume(conn: RestoredConnection) -> None:
         set_buffer_sizes(sock, conn.sndbuf, conn.rcvbuf)
     finally:
         sock.close()
+
+
+@dataclass
+class Connecting:
+    """A socket that was connecting (SYN-SENT), bound again, to connect once unlocked."""
+
+    fd: int  # the restorer's descriptor on it
+    peer: Endpoint
+    status_flags: int  # O_NONBLOCK of the file, put back after connecting
+
+
+def connect_again(conn: Connecting) -> None:
+    """Start the handshake again; the program finds its socket connecting, as it left it.
+
+    An immediate failure (no route any more) is left for the program to
+    meet, as it would have: its own connect() or poll reports it.
+    """
+    sock = socket.socket(fileno=os.dup(conn.fd))
+    try:
+        sock.setblocking(False)
+        sock.connect_ex(conn.peer.sockaddr(sock.family))
+        fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, conn.status_flags)
+    finally:
+        sock.close()
