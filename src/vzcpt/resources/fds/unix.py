@@ -11,15 +11,10 @@ queue is refilled by sending from the other side, in order; a listening
 socket is bound to its name and listens with its backlog; a bound datagram
 socket is bound again and its queue refilled by a passing sender; a
 connection accepted by a listener is made again through a listener on that
-name, so both ends keep their names. A socket file left at the path is
-replaced, its mode and owner kept.
+name, so both ends keep their names.
 
-Names belong to namespaces: a path to the mount namespace (and its root),
-an abstract name to the network namespace. The restorer stays in the
-host's, so for a VE every bind and connect by name is done by a child that
-joined the VE's network and mount namespaces, which hands the sockets back
-(kernel/nsexec.py); the name is then the one the programs know, not a
-/proc/PID/root path the restorer would see.
+Names mean what they meant to the programs, in a VE too: binds and
+connects by name are done where they are (resources/fds/unix_names.py).
 
 Refused at checkpoint, with a line naming process, descriptor and reason: a
 peer outside the tree, datagram sockets connected to a named one,
@@ -29,21 +24,19 @@ relative paths.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import socket
 import stat
-from collections.abc import Callable
 
 from vzcpt.errors import Unsupported, VzcptError
-from vzcpt.kernel.nsexec import descriptors_in_namespaces
 from vzcpt.kernel.sockdiag import UnixSock, unix_sockets
 from vzcpt.kernel.sockopts import socket_kind
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
 from vzcpt.resources.fds import FileDesc, UnixSocketRecord
+from vzcpt.resources.fds.unix_names import bound, by_name, connected, through_passing
 
 SO_PEEK_OFF = 42
 STATE_LISTEN = 10
@@ -89,8 +82,8 @@ class UnixHandler:
             backlog = rec.backlog if rec.listening else None
             queue = [] if rec.listening else rec.queue
             file = (rec.file_mode, rec.file_uid, rec.file_gid) if rec.file_mode else None
-            (sock,) = _by_name(
-                ctx, rec.name, lambda: [_bound(rec.type, rec.name, backlog, queue, file)]
+            (sock,) = by_name(
+                ctx, rec.name, lambda: [bound(rec.type, rec.name, backlog, queue, file)]
             )
             fd = sock.detach()
         else:
@@ -269,12 +262,12 @@ def _connect_through(
     if own is not None:
         listener = socket.socket(fileno=os.dup(open_description(ctx, own)))
         try:
-            (client,) = _by_name(ctx, name, lambda: [_connected(kind, name)])
+            (client,) = by_name(ctx, name, lambda: [connected(kind, name)])
         except BaseException:
             listener.close()
             raise
     else:  # the listener is gone: a passing one stands in, on the same name
-        listener, client = _by_name(ctx, name, lambda: _through_passing(kind, name))
+        listener, client = by_name(ctx, name, lambda: through_passing(kind, name))
     try:
         # The connection is queued once connect() returns: accept() takes it at
         # once, whatever O_NONBLOCK the tree gave its listener (which stays).
@@ -292,89 +285,6 @@ def _peer_record(ctx: RestoreContext, rec: UnixSocketRecord) -> UnixSocketRecord
         if desc.socket is not None and desc.socket.ino == rec.peer:
             return desc.socket
     raise VzcptError(f"the dump lacks the peer of unix socket {rec.ino}")
-
-
-def _by_name(
-    ctx: RestoreContext, name: bytes, work: Callable[[], list[int]]
-) -> list[socket.socket]:
-    """Sockets `work` makes where `name` means what it meant to the programs: in
-    our namespaces, or in a VE's network and mount namespaces."""
-    if ctx.ns_pid:
-        what = f"make unix socket {os.fsdecode(name)!r} again"
-        fds = descriptors_in_namespaces(ctx.ns_pid, ("net", "mnt"), work, what)
-    else:
-        fds = work()
-    return [socket.socket(fileno=fd) for fd in fds]
-
-
-def _bound(
-    kind: int,
-    name: bytes,
-    backlog: int | None,
-    queue: list[bytes],
-    file: tuple[int, int, int] | None = None,
-) -> int:
-    """A socket bound to `name`, listening with `backlog` unless None, with the
-    datagrams of `queue` waiting in it, its file given `file` (mode, uid, gid) if
-    known; its descriptor."""
-    sock = socket.socket(socket.AF_UNIX, kind)
-    try:
-        _bind(sock, name, file)
-        if backlog is not None:
-            sock.listen(backlog)
-        if queue:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-                for message in queue:
-                    sender.sendto(message, name)
-    except OSError as exc:
-        sock.close()
-        raise VzcptError(f"unix socket {os.fsdecode(name)!r}: {exc.strerror}") from None
-    except BaseException:
-        sock.close()
-        raise
-    return sock.detach()
-
-
-def _connected(kind: int, name: bytes) -> int:
-    sock = socket.socket(socket.AF_UNIX, kind)
-    try:
-        sock.connect(name)
-    except OSError as exc:
-        sock.close()
-        raise VzcptError(f"cannot connect to {os.fsdecode(name)!r}: {exc.strerror}") from None
-    return sock.detach()
-
-
-def _through_passing(kind: int, name: bytes) -> list[int]:
-    """A passing listener bound to `name` and a client connected to it; the
-    listener's socket file is removed at once (the connection stays)."""
-    listener = _bound(kind, name, 1, [])
-    try:
-        client = _connected(kind, name)
-    finally:
-        if not name.startswith(b"\0"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-    return [listener, client]
-
-
-def _bind(sock: socket.socket, name: bytes, file: tuple[int, int, int] | None = None) -> None:
-    """Bind to `name`; a socket file at the path (the one the dumped socket left
-    behind) is replaced. The new file gets the mode and owner `file` says, else
-    those of the file it replaced (a socket file the VE's /dev lost is made anew)."""
-    if name.startswith(b"\0"):
-        sock.bind(name)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        left = os.lstat(name)
-        if stat.S_ISSOCK(left.st_mode):
-            os.unlink(name)
-            file = file or (stat.S_IMODE(left.st_mode), left.st_uid, left.st_gid)
-    sock.bind(name)
-    if file is not None:
-        mode, uid, gid = file
-        os.chown(name, uid, gid)
-        os.chmod(name, mode)
 
 
 HANDLER = UnixHandler()
