@@ -36,7 +36,14 @@ from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
 from vzcpt.resources.fds import FileDesc, UnixSocketRecord
-from vzcpt.resources.fds.unix_names import bound, by_name, connected, through_passing
+from vzcpt.resources.fds.unix_names import (
+    bound,
+    by_name,
+    connected,
+    through_passing,
+    unnamed,
+    unnamed_pair,
+)
 
 SO_PEEK_OFF = 42
 STATE_LISTEN = 10
@@ -86,15 +93,8 @@ class UnixHandler:
                 ctx, rec.name, lambda: [bound(rec.type, rec.name, backlog, queue, file)]
             )
             fd = sock.detach()
-        else:
-            sock = socket.socket(socket.AF_UNIX, rec.type)
-            try:
-                if rec.listening:
-                    sock.listen(rec.backlog)
-            except BaseException:
-                sock.close()
-                raise
-            fd = sock.detach()
+        else:  # unbound, so not listening: listen() refuses a socket with no name
+            fd = unnamed(ctx, rec.type).detach()
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
         return fd
 
@@ -225,7 +225,7 @@ def _pair_end(ctx: RestoreContext, rec: UnixSocketRecord) -> int:
             client, server = _connect_through(ctx, listener_name, rec.type)
             mine, theirs = (client, server) if client_is_me else (server, client)
         else:
-            mine, theirs = socket.socketpair(socket.AF_UNIX, rec.type)
+            mine, theirs = unnamed_pair(ctx, rec.type)
         try:
             for receiver, sender in ((rec, theirs), (peer, mine)):
                 for message in receiver.queue:  # datagrams keep their boundaries

@@ -6,7 +6,9 @@ namespace of the thread that made it. The restorer stays in the host's, so
 for a VE every bind and connect by name is done by a child that joined the
 VE's network and mount namespaces, which hands the sockets back
 (kernel/nsexec.py); the name is then the one the programs know, not a
-/proc/PID/root path the restorer would see.
+/proc/PID/root path the restorer would see. An unnamed socket is made by
+the restorer's thread stepping into the VE's network namespace
+(kernel/netns.py), so that sock_diag finds it there at the next checkpoint.
 
 A socket file left at the path (by the dumped socket) is replaced, its mode
 and owner kept.
@@ -21,6 +23,7 @@ import stat
 from collections.abc import Callable
 
 from vzcpt.errors import VzcptError
+from vzcpt.kernel import netns
 from vzcpt.kernel.nsexec import descriptors_in_namespaces
 from vzcpt.resources.context import RestoreContext
 
@@ -36,6 +39,17 @@ def by_name(ctx: RestoreContext, name: bytes, work: Callable[[], list[int]]) -> 
     else:
         fds = work()
     return [socket.socket(fileno=fd) for fd in fds]
+
+
+def unnamed(ctx: RestoreContext, kind: int) -> socket.socket:
+    """A new unix socket of the programs' network namespace."""
+    with netns.entered(ctx.netns):
+        return socket.socket(socket.AF_UNIX, kind)
+
+
+def unnamed_pair(ctx: RestoreContext, kind: int) -> tuple[socket.socket, socket.socket]:
+    with netns.entered(ctx.netns):
+        return socket.socketpair(socket.AF_UNIX, kind)
 
 
 def bound(
