@@ -49,6 +49,8 @@ SO_PEEK_OFF = 42
 STATE_LISTEN = 10
 SHUT_BY_DIAG = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
 STATUS_FLAGS = os.O_NONBLOCK
+# Room for the most descriptors one message carries, and for the sender's credentials.
+ANCILLARY_SPACE = socket.CMSG_SPACE(4 * 253) + socket.CMSG_SPACE(12)
 
 
 class UnixHandler:
@@ -169,31 +171,42 @@ def _socket_file(pid: int, name: bytes) -> os.stat_result | None:
 
 
 def _peek_all(sock: socket.socket, where: str) -> list[bytes]:
-    """Every queued message, in order, left in place (SO_PEEK_OFF walks past each)."""
-    old = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    """Every queued message, in order, left in place (SO_PEEK_OFF walks past each).
+
+    An empty read ends a stream. A seqpacket socket reads empty too once its peer
+    has shut down, but a message may be empty: SO_PASSCRED, on for the while,
+    tells them apart, since every message then comes with its sender's credentials.
+    """
+    seqpacket = sock.type == socket.SOCK_SEQPACKET
+    old_offset = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    old_passcred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
     sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    if seqpacket:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     messages = []
     try:
         while True:
             try:
                 data, ancillary, _, _ = sock.recvmsg(
-                    1 << 20, socket.CMSG_SPACE(4 * 253), socket.MSG_PEEK | socket.MSG_DONTWAIT
+                    1 << 20, ANCILLARY_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT
                 )
             except BlockingIOError:
                 break
-            if any(
-                level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-                for level, kind, _ in ancillary
-            ):
+            kinds = {kind for level, kind, _ in ancillary if level == socket.SOL_SOCKET}
+            if socket.SCM_RIGHTS in kinds:
                 raise Unsupported(
                     f"{where} has descriptors in flight (SCM_RIGHTS), which "
                     "vzcpt cannot checkpoint yet"
                 )
-            if not data and sock.type == socket.SOCK_STREAM:
+            if not data and (
+                sock.type == socket.SOCK_STREAM
+                or (seqpacket and socket.SCM_CREDENTIALS not in kinds)
+            ):
                 break  # end of stream: the peer shut down its sending side
             messages.append(data)
     finally:
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old_offset)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, old_passcred)
     return messages
 
 
