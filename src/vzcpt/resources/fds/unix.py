@@ -1,5 +1,6 @@
 """Unix sockets: socketpairs and connected pairs inside the tree, bound and
-listening sockets, with the messages queued in them.
+listening sockets, with the messages queued in them and the connections
+waiting to be accepted (resources/fds/unix_pending.py).
 
 Kernel interfaces: sock_diag (kernel/sockdiag.py) gives each socket's type,
 state, peer (by inode) and queue lengths; getsockname() its name; recvmsg()
@@ -18,8 +19,8 @@ connects by name are done where they are (resources/fds/unix_names.py).
 
 Refused at checkpoint, with a line naming process, descriptor and reason: a
 peer outside the tree, datagram sockets connected to a named one,
-connections not yet accepted, descriptors in flight, names that are
-relative paths.
+connections not yet accepted that hold data or whose client is closed,
+descriptors in flight, names that are relative paths.
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ import socket
 import stat
 
 from vzcpt.errors import Unsupported, VzcptError
-from vzcpt.kernel.sockdiag import UnixSock, unix_sockets
+from vzcpt.kernel.sockdiag import SHUT_BY_DIAG, UnixSock, unix_sockets
 from vzcpt.kernel.sockopts import socket_kind
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FileDesc, UnixSocketRecord
+from vzcpt.resources.fds import FileDesc, UnixSocketRecord, unix_pending
 from vzcpt.resources.fds.unix_names import (
     bound,
     by_name,
     connected,
+    socket_file,
     through_passing,
     unnamed,
     unnamed_pair,
@@ -47,7 +49,6 @@ from vzcpt.resources.fds.unix_names import (
 
 SO_PEEK_OFF = 42
 STATE_LISTEN = 10
-SHUT_BY_DIAG = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
 STATUS_FLAGS = os.O_NONBLOCK
 # Room for the most descriptors one message carries, and for the sender's credentials.
 ANCILLARY_SPACE = socket.CMSG_SPACE(4 * 253) + socket.CMSG_SPACE(12)
@@ -76,7 +77,9 @@ class UnixHandler:
                 raise Unsupported(
                     f"process {pid}: descriptor {fd}: its unix socket is not visible to sock_diag"
                 )
-            rec = _record(ctx, pid, fd, sock, diag)
+            where = f"process {pid}: descriptor {fd} (a unix socket)"
+            rec = _record(ctx, pid, where, sock, diag)
+            ctx.shared.setdefault("unix-where", {})[rec.ino] = where
         finally:
             sock.close()
         return FileDesc(id=0, kind=self.kind, flags=info.flags & ~os.O_CLOEXEC, socket=rec)
@@ -87,14 +90,18 @@ class UnixHandler:
             raise VzcptError(f"file {desc.id} of kind unix has no socket record")
         if rec.peer:
             fd = _pair_end(ctx, rec)
+        elif rec.listener:
+            fd = unix_pending.open_client(ctx, rec)
         elif rec.name:
-            backlog = rec.backlog if rec.listening else None
+            backlog = unix_pending.backlog_to_listen(rec) if rec.listening else None
             queue = [] if rec.listening else rec.queue
-            file = (rec.file_mode, rec.file_uid, rec.file_gid) if rec.file_mode else None
+            file = socket_file(rec)
             (sock,) = by_name(
                 ctx, rec.name, lambda: [bound(rec.type, rec.name, backlog, queue, file)]
             )
             fd = sock.detach()
+            if rec.pending:
+                unix_pending.connect_later(ctx, rec, fd)
         else:  # unbound, so not listening: listen() refuses a socket with no name
             fd = unnamed(ctx, rec.type).detach()
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
@@ -110,18 +117,26 @@ def _diag(ctx: DumpContext, pid: int) -> dict[int, UnixSock]:
     return found
 
 
+def _waiting(ctx: DumpContext, pid: int) -> dict[int, int]:
+    """The clients waiting in a listener of the process's network namespace:
+    client inode -> listener inode."""
+    key = ("unix-waiting", procfs.stat(pid, "ns/net").st_ino)
+    if key not in ctx.shared:
+        ctx.shared[key] = unix_pending.waiting_clients(_diag(ctx, pid))
+    found: dict[int, int] = ctx.shared[key]
+    return found
+
+
 def _record(
-    ctx: DumpContext, pid: int, fd: int, sock: socket.socket, diag: UnixSock
+    ctx: DumpContext, pid: int, where: str, sock: socket.socket, diag: UnixSock
 ) -> UnixSocketRecord:
-    where = f"process {pid}: descriptor {fd} (a unix socket)"
     name = sock.getsockname()
     name = os.fsencode(name) if isinstance(name, str) else bytes(name)
     listening = diag.state == STATE_LISTEN
-    if listening and diag.rqueue:
-        raise Unsupported(
-            f"{where} has {diag.rqueue} connections not yet accepted, "
-            "which vzcpt cannot checkpoint yet"
-        )
+    pending = unix_pending.check_listener(where, diag) if listening else []
+    listener = _waiting(ctx, pid).get(diag.ino, 0)
+    if listener:
+        unix_pending.check_client(where, diag)
     if name and not name.startswith((b"\0", b"/")):
         raise Unsupported(
             f"{where} has a relative path as its name ({os.fsdecode(name)!r}), "
@@ -133,7 +148,7 @@ def _record(
     except OSError:  # ENOTCONN
         peer, connected = "", False
     peer_name = os.fsencode(peer) if isinstance(peer, str) else bytes(peer)
-    if connected and not diag.peer:
+    if connected and not diag.peer and not listener:
         raise Unsupported(
             f"{where} is connected to a peer outside the tree, which vzcpt cannot checkpoint yet"
         )
@@ -156,6 +171,8 @@ def _record(
         shutdown=diag.shutdown,
         queue=[] if listening else _peek_all(sock, where),
         peer_name=peer_name,
+        pending=pending,
+        listener=listener,
     )
 
 
@@ -210,16 +227,21 @@ def _peek_all(sock: socket.socket, where: str) -> list[bytes]:
     return messages
 
 
-def check_peers(records: list[object]) -> None:
+def check_peers(ctx: DumpContext) -> None:
     """Refuse a socket whose peer the dump does not hold: it lives outside the tree."""
-    socks = {r.socket.ino: r for r in records if isinstance(r, FileDesc) and r.socket}
-    for desc in socks.values():
-        assert desc.socket is not None
-        if desc.socket.peer and desc.socket.peer not in socks:
+    socks = {r.socket.ino: r.socket for r in ctx.records if isinstance(r, FileDesc) and r.socket}
+    known: dict[int, str] = ctx.shared.get("unix-where", {})
+
+    def where(ino: int) -> str:
+        return known.get(ino, f"a unix socket of the tree (inode {ino})")
+
+    for rec in socks.values():
+        if rec.peer and rec.peer not in socks:
             raise Unsupported(
-                f"a unix socket of the tree (inode {desc.socket.ino}) is connected to a peer "
-                "outside it, which vzcpt cannot checkpoint yet"
+                f"{where(rec.ino)} is connected to a peer outside the tree, "
+                "which vzcpt cannot checkpoint yet"
             )
+    unix_pending.check_both_ends(socks, where)
 
 
 def _pair_end(ctx: RestoreContext, rec: UnixSocketRecord) -> int:

@@ -24,8 +24,9 @@ from collections.abc import Callable
 
 from vzcpt.errors import VzcptError
 from vzcpt.kernel import netns
-from vzcpt.kernel.nsexec import descriptors_in_namespaces
+from vzcpt.kernel.nsexec import descriptors_in_namespaces, in_namespaces
 from vzcpt.resources.context import RestoreContext
+from vzcpt.resources.fds import UnixSocketRecord
 
 File = tuple[int, int, int]  # a socket file's mode, uid, gid
 
@@ -41,6 +42,15 @@ def by_name(ctx: RestoreContext, name: bytes, work: Callable[[], list[int]]) -> 
     return [socket.socket(fileno=fd) for fd in fds]
 
 
+def where_named(ctx: RestoreContext, what: str, work: Callable[[], None]) -> None:
+    """`work()` done where names mean what they meant to the programs; it may use
+    our descriptors (a child in a VE's namespaces inherits them)."""
+    if ctx.ns_pid:
+        in_namespaces(ctx.ns_pid, ("net", "mnt"), work, what)
+    else:
+        work()
+
+
 def unnamed(ctx: RestoreContext, kind: int) -> socket.socket:
     """A new unix socket of the programs' network namespace."""
     with netns.entered(ctx.netns):
@@ -50,6 +60,11 @@ def unnamed(ctx: RestoreContext, kind: int) -> socket.socket:
 def unnamed_pair(ctx: RestoreContext, kind: int) -> tuple[socket.socket, socket.socket]:
     with netns.entered(ctx.netns):
         return socket.socketpair(socket.AF_UNIX, kind)
+
+
+def socket_file(rec: UnixSocketRecord) -> File | None:
+    """The socket file at the record's path name as it was, if one was found."""
+    return (rec.file_mode, rec.file_uid, rec.file_gid) if rec.file_mode else None
 
 
 def bound(
