@@ -5,11 +5,13 @@
  *      to a path of its own; c3, non-blocking and shut down for writing.
  *   Q  seqpacket, bound to an abstract name, non-blocking, backlog 5: q0
  *      connected and accepted, a message waiting for the server; then q1
- *      (autobound) and q2 (shut down for reading) waiting.
+ *      (autobound), q2 (shut down for reading) and one of a second child
+ *      process, which runs as nobody (uid and gid 65534), waiting.
  *
  * After SIGUSR1 it checks, from inside, that S is still full (backlog 2),
  * that accept() gives the clients in the order they connected, that the
- * names on both ends are as before, that data flows both ways with
+ * names on both ends are as before, that each end's SO_PEERCRED names the
+ * process (and user) at the other end, that data flows both ways with
  * message boundaries, and that the shutdowns hold.
  *
  * MODE adds E, a stream listener on an abstract name, which vzcpt must
@@ -22,6 +24,7 @@
 #include "cpt_test.h"
 #include <poll.h>
 #include <stddef.h>
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -101,6 +104,23 @@ static int queue_full(const struct name *to)
 	return full;
 }
 
+static struct ucred peer_cred(int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	CHECK(getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0, "SO_PEERCRED: %m");
+	return cred;
+}
+
+/* SO_PEERCRED of fd: the process pid, of user and group id. */
+static void expect_peer(int fd, pid_t pid, uid_t id, const char *what)
+{
+	struct ucred cred = peer_cred(fd);
+	CHECK(cred.pid == pid && cred.uid == id && cred.gid == id,
+	      "%s: the peer is process %d, uid %d, gid %d; want %d, %d", what, (int)cred.pid,
+	      (int)cred.uid, (int)cred.gid, (int)pid, (int)id);
+}
+
 static int waiting(int fd)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
@@ -149,6 +169,7 @@ __attribute__((noreturn)) static void child_client(const struct name *s, int rea
 	CHECK(write(ready, "x", 1) == 1, "write: %m");
 	close(ready);
 	cpt_wait();
+	expect_peer(fd, getppid(), 0, "child");
 	struct name got = sock_name(fd);
 	CHECK(same(&got, &mine), "child: its name changed");
 	got = peer_name(fd);
@@ -156,6 +177,45 @@ __attribute__((noreturn)) static void child_client(const struct name *s, int rea
 	send_all(fd, "child");
 	expect(fd, "back-child");
 	_exit(0);
+}
+
+/* The second child: a client of Q as nobody. */
+__attribute__((noreturn)) static void nobody_client(const struct name *q, int ready)
+{
+	CHECK(setgroups(0, NULL) == 0 && setresgid(65534, 65534, 65534) == 0 &&
+		      setresuid(65534, 65534, 65534) == 0,
+	      "become nobody: %m");
+	int fd = client(SOCK_SEQPACKET, q);
+	CHECK(write(ready, "x", 1) == 1, "write: %m");
+	close(ready);
+	cpt_wait();
+	expect_peer(fd, getppid(), 0, "nobody");
+	send_all(fd, "nobody");
+	expect(fd, "back-nobody");
+	_exit(0);
+}
+
+/* A child that keeps only the report and `ready` open. */
+static pid_t fork_client(int ready[2])
+{
+	CHECK(pipe2(ready, O_CLOEXEC) == 0, "pipe: %m");
+	pid_t pid = fork();
+	CHECK(pid >= 0, "fork: %m");
+	if (pid == 0) {
+		for (int fd = 3; fd < 64; fd++)
+			if (fd != cpt_report_fd && fd != ready[1])
+				close(fd);
+	} else {
+		close(ready[1]);
+	}
+	return pid;
+}
+
+static void wait_connected(int ready[2])
+{
+	char c;
+	CHECK(read(ready[0], &c, 1) == 1, "the child did not connect");
+	close(ready[0]);
 }
 
 int main(int argc, char **argv)
@@ -169,19 +229,10 @@ int main(int argc, char **argv)
 	int s = listener(SOCK_STREAM, &s_name, 2);
 	int c1 = client(SOCK_STREAM, &s_name);
 	int ready[2];
-	CHECK(pipe2(ready, O_CLOEXEC) == 0, "pipe: %m");
-	pid_t child = fork();
-	CHECK(child >= 0, "fork: %m");
-	if (child == 0) {
-		close(s);
-		close(c1);
-		close(ready[0]);
+	pid_t child = fork_client(ready);
+	if (child == 0)
 		child_client(&s_name, ready[1]);
-	}
-	close(ready[1]);
-	char c;
-	CHECK(read(ready[0], &c, 1) == 1, "the child did not connect");
-	close(ready[0]);
+	wait_connected(ready);
 	int c3 = client(SOCK_STREAM, &s_name);
 	CHECK(fcntl(c3, F_SETFL, O_NONBLOCK) == 0, "fcntl: %m");
 	CHECK(shutdown(c3, SHUT_WR) == 0, "shutdown: %m");
@@ -200,6 +251,10 @@ int main(int argc, char **argv)
 	CHECK(connect(q1, (const struct sockaddr *)&q_name.addr, q_name.len) == 0, "connect: %m");
 	int q2 = client(SOCK_SEQPACKET, &q_name);
 	CHECK(shutdown(q2, SHUT_RD) == 0, "shutdown: %m");
+	pid_t nobody = fork_client(ready);
+	if (nobody == 0)
+		nobody_client(&q_name, ready[1]);
+	wait_connected(ready);
 
 	int e = -1;
 	if (*mode) {
@@ -218,7 +273,7 @@ int main(int argc, char **argv)
 	}
 	cpt_ready();
 	cpt_wait();
-	CHECK(kill(child, SIGUSR1) == 0, "kill: %m");
+	CHECK(kill(child, SIGUSR1) == 0 && kill(nobody, SIGUSR1) == 0, "kill: %m");
 
 	/* S: still full, then its clients in the order they came. */
 	CHECK(queue_full(&s_name), "S is no longer full: its backlog or queue changed");
@@ -226,6 +281,7 @@ int main(int argc, char **argv)
 	CHECK(same(&got, &s_name), "c1: peer name");
 	got = sock_name(c1);
 	CHECK(same(&got, &unnamed), "c1 got a name");
+	expect_peer(c1, getpid(), 0, "c1");
 	CHECK(fcntl(c3, F_GETFL) & O_NONBLOCK, "c3 lost O_NONBLOCK");
 	CHECK(!(fcntl(c1, F_GETFL) & O_NONBLOCK), "c1 became non-blocking");
 	CHECK(send(c3, "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "c3 can write again (%m)");
@@ -235,6 +291,7 @@ int main(int argc, char **argv)
 	CHECK(same(&got, &s_name), "first accepted: its name");
 	got = peer_name(a1);
 	CHECK(same(&got, &unnamed), "first accepted: a named peer");
+	expect_peer(a1, getpid(), 0, "first accepted");
 	expect(a1, "one");
 	send_all(a1, "back-one");
 	expect(c1, "back-one");
@@ -242,6 +299,7 @@ int main(int argc, char **argv)
 	got = peer_name(a2);
 	struct name child_name = path_name(cpt_path("client.sock"));
 	CHECK(same(&got, &child_name), "second accepted is not the child's");
+	expect_peer(a2, child, 0, "second accepted");
 	expect(a2, "child");
 	send_all(a2, "back-child");
 	int a3 = take(s);
@@ -272,6 +330,7 @@ int main(int argc, char **argv)
 	expect(b1, "m1b");
 	send_all(b1, "r1");
 	expect(q1, "r1");
+	expect_peer(b1, getpid(), 0, "first accepted from Q");
 	int b2 = take(q);
 	got = peer_name(b2);
 	CHECK(same(&got, &unnamed), "second accepted from Q: a named peer");
@@ -280,7 +339,11 @@ int main(int argc, char **argv)
 	send_all(q2, "m2");
 	expect(b2, "m2");
 	expect_eof(q2, "q2 (shut down for reading)");
-	CHECK(accept(q, NULL, NULL) < 0 && errno == EAGAIN, "Q has a third connection (%m)");
+	int b3 = take(q);
+	expect_peer(b3, nobody, 65534, "third accepted from Q");
+	expect(b3, "nobody");
+	send_all(b3, "back-nobody");
+	CHECK(accept(q, NULL, NULL) < 0 && errno == EAGAIN, "Q has a fourth connection (%m)");
 
 	if (e >= 0) {
 		int ae = take(e);
@@ -290,8 +353,12 @@ int main(int argc, char **argv)
 			expect_eof(ae, "the closed client's connection");
 	}
 
-	int status;
-	CHECK(waitpid(child, &status, 0) == child, "waitpid: %m");
-	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed (%#x)", status);
+	pid_t children[] = { child, nobody };
+	for (int i = 0; i < 2; i++) {
+		int status;
+		CHECK(waitpid(children[i], &status, 0) == children[i], "waitpid: %m");
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d failed (%#x)",
+		      (int)children[i], status);
+	}
 	cpt_ok();
 }

@@ -100,8 +100,8 @@ class UnixHandler:
                 ctx, rec.name, lambda: [bound(rec.type, rec.name, backlog, queue, file)]
             )
             fd = sock.detach()
-            if rec.pending:
-                unix_pending.connect_later(ctx, rec, fd)
+            if rec.listening:
+                unix_pending.listen_as_owner(ctx, desc)
         else:  # unbound, so not listening: listen() refuses a socket with no name
             fd = unnamed(ctx, rec.type).detach()
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)

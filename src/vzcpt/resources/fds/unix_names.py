@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from vzcpt.errors import VzcptError
 from vzcpt.kernel import netns
-from vzcpt.kernel.nsexec import descriptors_in_namespaces, in_namespaces
+from vzcpt.kernel.nsexec import descriptors_in_namespaces
 from vzcpt.resources.context import RestoreContext
 from vzcpt.resources.fds import UnixSocketRecord
 
@@ -40,15 +40,6 @@ def by_name(ctx: RestoreContext, name: bytes, work: Callable[[], list[int]]) -> 
     else:
         fds = work()
     return [socket.socket(fileno=fd) for fd in fds]
-
-
-def where_named(ctx: RestoreContext, what: str, work: Callable[[], None]) -> None:
-    """`work()` done where names mean what they meant to the programs; it may use
-    our descriptors (a child in a VE's namespaces inherits them)."""
-    if ctx.ns_pid:
-        in_namespaces(ctx.ns_pid, ("net", "mnt"), work, what)
-    else:
-        work()
 
 
 def unnamed(ctx: RestoreContext, kind: int) -> socket.socket:

@@ -17,29 +17,40 @@ connection whose client is closed (what it sent cannot be told). Both ends
 must be in the tree; `check_both_ends` refuses a client or a listener
 outside it. Nothing can have been queued the other way before accept().
 
-At restore the listener listens with room for all its clients; each client
-is made (bound to its name if it had one) and put in its process
-unconnected. Once every process is rebuilt, before any runs, the clients
-connect in the saved order, each is shut down as it was, and the listener
-gets its saved backlog back (listen() again only changes the backlog). The
-wait keeps the queue clear while the connections accepted before the
-checkpoint are rebuilt through the same listener (a connect() and an
-accept() at once, in unix.py).
+At restore the listener is bound and listens, from the restorer, with room
+for all its clients; each client is made (bound to its name if it had one)
+and put in its process unconnected. Once every process is rebuilt and has
+its own credentials back, before any runs, the listener's process calls
+listen() again and each client's process calls connect(), in the saved
+order; the listener's process then sets the saved backlog (listen() on a
+listener changes only its backlog and credentials). Made by the programs
+themselves (injected: inject/remote.py), these calls give each end the
+right SO_PEERCRED: the process at the other end and its user as they were
+at checkpoint (of a description several processes hold, the first in the
+dump). Waiting until then also keeps the
+queue clear while the connections accepted before the checkpoint are
+rebuilt through the same listener (a connect() and an accept() at once, in
+unix.py). Every restored listener listens again so, waiting clients or not.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import struct
 from collections.abc import Callable
 
 from vzcpt.errors import Unsupported, VzcptError
+from vzcpt.inject.remote import RemoteTask, errno_of
+from vzcpt.kernel import nr
 from vzcpt.kernel.sockdiag import SHUT_BY_DIAG, UnixSock
 from vzcpt.resources.context import RestoreContext
 from vzcpt.resources.fds import FileDesc, UnixSocketRecord
 from vzcpt.resources.fds.table import open_description
-from vzcpt.resources.fds.unix_names import bound, by_name, socket_file, unnamed, where_named
+from vzcpt.resources.fds.unix_names import bound, by_name, socket_file, unnamed
+from vzcpt.resources.task_record import ProcessRecord
 
 # ------------------------------------------------------------------ checkpoint
 
@@ -102,41 +113,64 @@ def open_client(ctx: RestoreContext, rec: UnixSocketRecord) -> int:
     return sock.detach()
 
 
-def connect_later(ctx: RestoreContext, rec: UnixSocketRecord, listener: int) -> None:
-    """Queue the listener's clients again once every process is rebuilt."""
-    ctx.finishers.append(lambda: _queue_clients(ctx, rec, listener))
+def listen_as_owner(ctx: RestoreContext, listener: FileDesc) -> None:
+    """Once the processes are who they were, the listener listens again from its
+    own process, and its waiting clients connect from theirs, in order."""
+    ctx.as_owners.append(lambda tasks: _listen_and_queue(ctx, listener, tasks))
 
 
-def _queue_clients(ctx: RestoreContext, rec: UnixSocketRecord, listener: int) -> None:
+def _listen_and_queue(
+    ctx: RestoreContext, listener: FileDesc, tasks: dict[int, RemoteTask]
+) -> None:
+    rec = listener.socket
+    assert rec is not None
+    holders = _holders(ctx)
     descs = {d.socket.ino: d for d in ctx.image.records_of(FileDesc) if d.socket is not None}
-    clients = [descs[ino] for ino in rec.pending if ino in descs]
-    if len(clients) != len(rec.pending):
+    if any(ino not in descs for ino in rec.pending):
         raise VzcptError(f"the dump lacks a client waiting in unix socket {rec.ino}")
-    fds = [open_description(ctx, desc) for desc in clients]
-    name = rec.name
-    what = f"connect the clients waiting in unix socket {os.fsdecode(name)!r} again"
-    where_named(ctx, what, lambda: _connect_all(fds, name))
-    for desc, fd in zip(clients, fds, strict=True):
+    owner, fd = holders[listener.id]
+    tasks[owner].call(nr.LISTEN, fd, backlog_to_listen(rec), what="listen() of a unix socket")
+    address = _sockaddr(rec.name)
+    for desc in (descs[ino] for ino in rec.pending):
         assert desc.socket is not None
+        pid, client_fd = holders[desc.id]
+        _connect(tasks[pid], client_fd, open_description(ctx, desc), address, rec.name)
         if desc.socket.shutdown in SHUT_BY_DIAG:
-            with socket.socket(fileno=os.dup(fd)) as sock:
+            with socket.socket(fileno=os.dup(open_description(ctx, desc))) as sock:
                 sock.shutdown(SHUT_BY_DIAG[desc.socket.shutdown])
-    with socket.socket(fileno=os.dup(listener)) as sock:
-        sock.listen(rec.backlog)
+    if rec.pending:
+        tasks[owner].call(nr.LISTEN, fd, rec.backlog, what="listen() of a unix socket")
 
 
-def _connect_all(fds: list[int], name: bytes) -> None:
-    """Connect each socket to `name`, in order. Non-blocking for the while: a full
-    queue fails at once instead of waiting forever."""
-    for fd in fds:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        try:
-            with socket.socket(fileno=os.dup(fd)) as sock:
-                sock.connect(name)
-        except BlockingIOError:
-            raise VzcptError(f"the queue of unix socket {os.fsdecode(name)!r} is full") from None
-        except OSError as exc:
-            raise VzcptError(f"cannot connect to {os.fsdecode(name)!r}: {exc.strerror}") from None
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+def _holders(ctx: RestoreContext) -> dict[int, tuple[int, int]]:
+    """File id -> (saved pid, descriptor) of the first live process holding it."""
+    key = "unix-holders"
+    if key not in ctx.extra:
+        found: dict[int, tuple[int, int]] = {}
+        for proc in ctx.image.records_of(ProcessRecord):
+            for entry in proc.fds:
+                found.setdefault(entry.file_id, (proc.pid, entry.fd))
+        ctx.extra[key] = found
+    holders: dict[int, tuple[int, int]] = ctx.extra[key]
+    return holders
+
+
+def _sockaddr(name: bytes) -> bytes:
+    """struct sockaddr_un for `name`, as long as connect() is told it is."""
+    return struct.pack("=H", socket.AF_UNIX) + name
+
+
+def _connect(task: RemoteTask, fd: int, local: int, address: bytes, name: bytes) -> None:
+    """connect() made by the client's own process at its descriptor `fd` (ours:
+    `local`). Non-blocking for the while: a full queue fails at once."""
+    flags = fcntl.fcntl(local, fcntl.F_GETFL)
+    fcntl.fcntl(local, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        result = task.call_raw(nr.CONNECT, fd, task.put(0, address), len(address))
+    finally:
+        fcntl.fcntl(local, fcntl.F_SETFL, flags)
+    err = errno_of(result)
+    if err == errno.EAGAIN:
+        raise VzcptError(f"the queue of unix socket {os.fsdecode(name)!r} is full")
+    if err:
+        raise VzcptError(f"cannot connect to {os.fsdecode(name)!r}: {os.strerror(err)}")
