@@ -12,7 +12,8 @@
  * that accept() gives the clients in the order they connected, that the
  * names on both ends are as before, that each end's SO_PEERCRED names the
  * process (and user) at the other end, that data flows both ways with
- * message boundaries, and that the shutdowns hold.
+ * message boundaries, that the shutdowns hold, and that the options set on
+ * S and on the clients are as they were.
  *
  * MODE adds E, a stream listener on an abstract name, which vzcpt must
  * refuse to checkpoint; "FD <n>" names the descriptor the refusal names:
@@ -121,6 +122,33 @@ static void expect_peer(int fd, pid_t pid, uid_t id, const char *what)
 	      (int)cred.uid, (int)cred.gid, (int)pid, (int)id);
 }
 
+static int int_opt(int fd, int opt)
+{
+	int value;
+	socklen_t len = sizeof(value);
+	CHECK(getsockopt(fd, SOL_SOCKET, opt, &value, &len) == 0, "getsockopt %d: %m", opt);
+	return value;
+}
+
+static void set_int_opt(int fd, int opt, int value)
+{
+	CHECK(setsockopt(fd, SOL_SOCKET, opt, &value, sizeof(value)) == 0, "setsockopt %d: %m", opt);
+}
+
+static long timeout_us(int fd, int opt)
+{
+	struct timeval tv;
+	socklen_t len = sizeof(tv);
+	CHECK(getsockopt(fd, SOL_SOCKET, opt, &tv, &len) == 0, "getsockopt %d: %m", opt);
+	return tv.tv_sec * 1000000L + tv.tv_usec;
+}
+
+static void set_timeout(int fd, int opt, long us)
+{
+	struct timeval tv = { us / 1000000, us % 1000000 };
+	CHECK(setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv)) == 0, "setsockopt %d: %m", opt);
+}
+
 static int waiting(int fd)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
@@ -165,11 +193,13 @@ __attribute__((noreturn)) static void child_client(const struct name *s, int rea
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	CHECK(fd >= 0, "socket: %m");
 	CHECK(bind(fd, (const struct sockaddr *)&mine.addr, mine.len) == 0, "bind: %m");
+	set_int_opt(fd, SO_PRIORITY, 4);
 	CHECK(connect(fd, (const struct sockaddr *)&s->addr, s->len) == 0, "connect: %m");
 	CHECK(write(ready, "x", 1) == 1, "write: %m");
 	close(ready);
 	cpt_wait();
 	expect_peer(fd, getppid(), 0, "child");
+	CHECK(int_opt(fd, SO_PRIORITY) == 4, "child: SO_PRIORITY %d", int_opt(fd, SO_PRIORITY));
 	struct name got = sock_name(fd);
 	CHECK(same(&got, &mine), "child: its name changed");
 	got = peer_name(fd);
@@ -227,7 +257,11 @@ int main(int argc, char **argv)
 	struct name e_name = abstract_name("extra-");
 
 	int s = listener(SOCK_STREAM, &s_name, 2);
+	set_timeout(s, SO_RCVTIMEO, 1000000);
 	int c1 = client(SOCK_STREAM, &s_name);
+	set_int_opt(c1, SO_PASSCRED, 1);
+	set_int_opt(c1, SO_SNDBUF, 65536);
+	int c1_sndbuf = int_opt(c1, SO_SNDBUF);
 	int ready[2];
 	pid_t child = fork_client(ready);
 	if (child == 0)
@@ -236,6 +270,7 @@ int main(int argc, char **argv)
 	int c3 = client(SOCK_STREAM, &s_name);
 	CHECK(fcntl(c3, F_SETFL, O_NONBLOCK) == 0, "fcntl: %m");
 	CHECK(shutdown(c3, SHUT_WR) == 0, "shutdown: %m");
+	set_timeout(c3, SO_RCVTIMEO, 2000000);
 	CHECK(queue_full(&s_name), "S took a fourth connection");
 
 	int q = listener(SOCK_SEQPACKET, &q_name, 5);
@@ -246,6 +281,7 @@ int main(int argc, char **argv)
 	int q1 = socket(AF_UNIX, SOCK_SEQPACKET, 0);
 	CHECK(q1 >= 0, "socket: %m");
 	CHECK(bind(q1, (const struct sockaddr *)&unnamed.addr, unnamed.len) == 0, "autobind: %m");
+	set_timeout(q1, SO_SNDTIMEO, 3000000);
 	struct name q1_name = sock_name(q1);
 	CHECK(q1_name.len > unnamed.len, "q1 was not autobound");
 	CHECK(connect(q1, (const struct sockaddr *)&q_name.addr, q_name.len) == 0, "connect: %m");
@@ -283,6 +319,16 @@ int main(int argc, char **argv)
 	CHECK(same(&got, &unnamed), "c1 got a name");
 	expect_peer(c1, getpid(), 0, "c1");
 	CHECK(fcntl(c3, F_GETFL) & O_NONBLOCK, "c3 lost O_NONBLOCK");
+	CHECK(timeout_us(s, SO_RCVTIMEO) == 1000000, "S: SO_RCVTIMEO %ld", timeout_us(s, SO_RCVTIMEO));
+	CHECK(int_opt(c1, SO_PASSCRED) == 1, "c1 lost SO_PASSCRED");
+	CHECK(int_opt(c1, SO_SNDBUF) == c1_sndbuf, "c1: SO_SNDBUF %d, want %d",
+	      int_opt(c1, SO_SNDBUF), c1_sndbuf);
+	CHECK(timeout_us(c3, SO_RCVTIMEO) == 2000000, "c3: SO_RCVTIMEO %ld",
+	      timeout_us(c3, SO_RCVTIMEO));
+	CHECK(timeout_us(q1, SO_SNDTIMEO) == 3000000, "q1: SO_SNDTIMEO %ld",
+	      timeout_us(q1, SO_SNDTIMEO));
+	CHECK(int_opt(q2, SO_PASSCRED) == 0 && timeout_us(q2, SO_RCVTIMEO) == 0,
+	      "q2 gained options");
 	CHECK(!(fcntl(c1, F_GETFL) & O_NONBLOCK), "c1 became non-blocking");
 	CHECK(send(c3, "x", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "c3 can write again (%m)");
 	send_all(c1, "one");

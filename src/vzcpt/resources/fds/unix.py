@@ -1,6 +1,7 @@
 """Unix sockets: socketpairs and connected pairs inside the tree, bound and
-listening sockets, with the messages queued in them and the connections
-waiting to be accepted (resources/fds/unix_pending.py).
+listening sockets, with the messages queued in them, their options
+(resources/fds/unix_options.py) and the connections waiting to be accepted
+(resources/fds/unix_pending.py).
 
 Kernel interfaces: sock_diag (kernel/sockdiag.py) gives each socket's type,
 state, peer (by inode) and queue lengths; getsockname() its name; recvmsg()
@@ -36,7 +37,7 @@ from vzcpt.kernel.sockopts import socket_kind
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FileDesc, UnixSocketRecord, unix_pending
+from vzcpt.resources.fds import FileDesc, UnixSocketRecord, unix_options, unix_pending
 from vzcpt.resources.fds.unix_names import (
     bound,
     by_name,
@@ -105,6 +106,9 @@ class UnixHandler:
         else:  # unbound, so not listening: listen() refuses a socket with no name
             fd = unnamed(ctx, rec.type).detach()
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
+        if not rec.listener:  # a waiting client's, once it has connected (unix_pending)
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                unix_options.apply(sock, rec.options)
         return fd
 
 
@@ -171,6 +175,7 @@ def _record(
         shutdown=diag.shutdown,
         queue=[] if listening else _peek_all(sock, where),
         peer_name=peer_name,
+        options=unix_options.changed(ctx, sock),
         pending=pending,
         listener=listener,
     )

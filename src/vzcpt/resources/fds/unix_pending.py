@@ -22,15 +22,16 @@ for all its clients; each client is made (bound to its name if it had one)
 and put in its process unconnected. Once every process is rebuilt and has
 its own credentials back, before any runs, the listener's process calls
 listen() again and each client's process calls connect(), in the saved
-order; the listener's process then sets the saved backlog (listen() on a
-listener changes only its backlog and credentials). Made by the programs
-themselves (injected: inject/remote.py), these calls give each end the
-right SO_PEERCRED: the process at the other end and its user as they were
-at checkpoint (of a description several processes hold, the first in the
-dump). Waiting until then also keeps the
-queue clear while the connections accepted before the checkpoint are
-rebuilt through the same listener (a connect() and an accept() at once, in
-unix.py). Every restored listener listens again so, waiting clients or not.
+order, each then shut down and given its options as it was; the listener's
+process then sets the saved backlog (listen() on a listener changes only
+its backlog and credentials). Made by the programs themselves (injected:
+inject/remote.py), these calls give each end the right SO_PEERCRED: the
+process at the other end and its user as they were at checkpoint (of a
+description several processes hold, the first in the dump). Waiting until
+then also keeps the queue clear while the connections accepted before the
+checkpoint are rebuilt through the same listener (a connect() and an
+accept() at once, in unix.py). Every restored listener listens again so,
+waiting clients or not.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from vzcpt.inject.remote import RemoteTask, errno_of
 from vzcpt.kernel import nr
 from vzcpt.kernel.sockdiag import SHUT_BY_DIAG, UnixSock
 from vzcpt.resources.context import RestoreContext
-from vzcpt.resources.fds import FileDesc, UnixSocketRecord
+from vzcpt.resources.fds import FileDesc, UnixSocketRecord, unix_options
 from vzcpt.resources.fds.table import open_description
 from vzcpt.resources.fds.unix_names import bound, by_name, socket_file, unnamed
 from vzcpt.resources.task_record import ProcessRecord
@@ -135,9 +136,11 @@ def _listen_and_queue(
         assert desc.socket is not None
         pid, client_fd = holders[desc.id]
         _connect(tasks[pid], client_fd, open_description(ctx, desc), address, rec.name)
-        if desc.socket.shutdown in SHUT_BY_DIAG:
-            with socket.socket(fileno=os.dup(open_description(ctx, desc))) as sock:
+        with socket.socket(fileno=os.dup(open_description(ctx, desc))) as sock:
+            if desc.socket.shutdown in SHUT_BY_DIAG:
                 sock.shutdown(SHUT_BY_DIAG[desc.socket.shutdown])
+            # Only now: with SO_PASSCRED, connect() would have given it a name.
+            unix_options.apply(sock, desc.socket.options)
     if rec.pending:
         tasks[owner].call(nr.LISTEN, fd, rec.backlog, what="listen() of a unix socket")
 
