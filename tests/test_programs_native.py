@@ -42,6 +42,7 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "evfd_inotify": (),
     "evfd_memfd": (),
     "evfd_pidfd": (),
+    "unix_pending": (),
     "fd_refused": ("io_uring",),
 }
 

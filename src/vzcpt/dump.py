@@ -229,7 +229,7 @@ def _write_dump(
         for pid in tree.pids:
             writer.write_record(_dump_process(ctx, tree, pid))
             stats.processes += 1
-        unix.check_peers(ctx.records)
+        unix.check_peers(ctx)
         tty.finish_dump(ctx, tree.pids, tree.zombies)
         lock = [network.record] if network.record is not None else []
         for rec in [*ctx.records, *lock, *extra_records]:

@@ -18,6 +18,7 @@ from vzcpt.image.stream import DumpImage, DumpWriter
 from vzcpt.inject.fdpass import FdChannel
 
 if TYPE_CHECKING:
+    from vzcpt.inject.remote import RemoteTask
     from vzcpt.resources.netlock import NetworkHold
 
 
@@ -103,6 +104,11 @@ class RestoreContext:
     # Run once every process is rebuilt, before any runs (e.g. seals that
     # would have refused the mappings made meanwhile).
     finishers: list[Callable[[], None]] = field(default_factory=list)
+    # Run once every process has its own credentials back, before any runs, with
+    # the main task of each live process by saved pid: syscalls a program must
+    # make itself, so that the kernel records who made them (a unix connect()
+    # or listen(): SO_PEERCRED).
+    as_owners: list[Callable[[dict[int, RemoteTask]], None]] = field(default_factory=list)
     # The tree continues as a job on the restorer's terminal (its standard input).
     shell_job: bool = False
     # The network namespace the programs' sockets are made in (/proc/PID/ns/net

@@ -148,9 +148,14 @@ def _restore(
         for finish in ctx.finishers:
             finish()
         builder.become_zombies()
-        for rec in procs:
-            if not rec.zombie:
-                _finish(rec, threads[rec.pid], window, channel_fd, baseline)
+        live = [rec for rec in procs if not rec.zombie]
+        for rec in live:
+            _take_own_creds(rec, threads[rec.pid], channel_fd, baseline)
+        mains = {rec.pid: threads[rec.pid][0] for rec in live}
+        for call in ctx.as_owners:
+            call(mains)
+        for rec in live:
+            _finish(rec, threads[rec.pid], window)
         resume_network(ctx)
         stats.processes = len(procs)
         stats.threads = sum(len(t) for t in threads.values())
@@ -227,14 +232,10 @@ def _rebuild_process(
     return tasks
 
 
-def _finish(
-    rec: ProcessRecord,
-    tasks: list[RemoteTask],
-    window: tuple[int, int],
-    channel_fd: int,
-    baseline: process.Baseline,
+def _take_own_creds(
+    rec: ProcessRecord, tasks: list[RemoteTask], channel_fd: int, baseline: process.Baseline
 ) -> None:
-    """Remove every trace of ours, then become the saved threads."""
+    """Close our channel, then become who the process was."""
     assert rec.creds is not None
     main = tasks[0]
     main.call(nr.CLOSE, channel_fd, what="close of the descriptor channel")
@@ -242,6 +243,11 @@ def _finish(
         process.restore_creds(task, rec.creds, baseline.creds)
     assert rec.attrs is not None
     process.restore_attrs_after_creds(main, rec.attrs)
+
+
+def _finish(rec: ProcessRecord, tasks: list[RemoteTask], window: tuple[int, int]) -> None:
+    """Remove the last traces of ours, then become the saved threads."""
+    main = tasks[0]
     main.call(nr.MUNMAP, window[0] + 4096, SCRATCH_SIZE, what="munmap of the scratch area")
     main.call(nr.MUNMAP, window[0], 4096, what="munmap of the gadget")
     for task, trec in zip(tasks, rec.threads, strict=True):

@@ -2,7 +2,8 @@
 
 A stream socketpair with data queued both ways, a datagram pair with three
 messages (boundaries must survive), a seqpacket pair shared with a child
-process, a listening socket bound to a path with a connection it accepted
+process, a seqpacket pair with an empty message and one more queued before
+the sender shut down its side, a listening socket bound to a path with a connection it accepted
 (data queued both ways), a bound datagram socket. Writes
 READY; on SIGUSR1 checks everything and writes OK or FAIL <why>.
 """
@@ -22,6 +23,10 @@ def main() -> None:
     for message in (b"one", b"", b"three"):
         dgram_a.send(message)
     seq_parent, seq_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ended_a, ended_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ended_a.send(b"")
+    ended_a.send(b"last")
+    ended_a.shutdown(socket.SHUT_WR)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(os.path.join(workdir, "listen.sock"))
     listener.listen(7)
@@ -59,6 +64,15 @@ def main() -> None:
     dgram_b.setblocking(False)
     if [dgram_b.recv(100) for _ in range(3)] != [b"one", b"", b"three"]:
         problems.append("datagram boundaries")
+    # Messages come with credentials, the end of the stream without.
+    ended_b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    ended_b.setblocking(False)
+    ended = []
+    for _ in range(3):
+        data, ancillary, _, _ = ended_b.recvmsg(100, socket.CMSG_SPACE(12))
+        ended.append((data, bool(ancillary)))
+    if ended != [(b"", True), (b"last", True), (b"", False)]:
+        problems.append(f"seqpacket messages before the end: {ended}")
     seq_parent.send(b"ping")
     if seq_parent.recv(100) != b"PING":
         problems.append("seqpacket with the child")

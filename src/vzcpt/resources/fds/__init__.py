@@ -58,6 +58,9 @@ class UnixSocketRecord:
     peer: int  # inode of its peer in the tree, 0 for none
     shutdown: int
     peer_name: bytes = b""  # getpeername(): the listener's name for a client
+    # A listener: the clients waiting to be accepted, by inode, the next first.
+    pending: list[int] = field(default_factory=list)
+    listener: int = 0  # a client not yet accepted: the inode of the listener it waits in
     queue: list[bytes] = field(default_factory=list)  # received, not yet read, in order
     options: dict[str, int] = field(default_factory=dict)
     # The socket file at a path name, as it was: mode (0: none found), owner.

@@ -1,5 +1,7 @@
 """Unix sockets: socketpairs and connected pairs inside the tree, bound and
-listening sockets, with the messages queued in them.
+listening sockets, with the messages queued in them, their options
+(resources/fds/unix_options.py) and the connections waiting to be accepted
+(resources/fds/unix_pending.py).
 
 Kernel interfaces: sock_diag (kernel/sockdiag.py) gives each socket's type,
 state, peer (by inode) and queue lengths; getsockname() its name; recvmsg()
@@ -11,44 +13,46 @@ queue is refilled by sending from the other side, in order; a listening
 socket is bound to its name and listens with its backlog; a bound datagram
 socket is bound again and its queue refilled by a passing sender; a
 connection accepted by a listener is made again through a listener on that
-name, so both ends keep their names. A socket file left at the path is
-replaced, its mode and owner kept.
+name, so both ends keep their names.
 
-Names belong to namespaces: a path to the mount namespace (and its root),
-an abstract name to the network namespace. The restorer stays in the
-host's, so for a VE every bind and connect by name is done by a child that
-joined the VE's network and mount namespaces, which hands the sockets back
-(kernel/nsexec.py); the name is then the one the programs know, not a
-/proc/PID/root path the restorer would see.
+Names mean what they meant to the programs, in a VE too: binds and
+connects by name are done where they are (resources/fds/unix_names.py).
 
 Refused at checkpoint, with a line naming process, descriptor and reason: a
 peer outside the tree, datagram sockets connected to a named one,
-connections not yet accepted, descriptors in flight, names that are
-relative paths.
+connections not yet accepted that hold data or whose client is closed,
+descriptors in flight, names that are relative paths.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import socket
 import stat
-from collections.abc import Callable
 
 from vzcpt.errors import Unsupported, VzcptError
-from vzcpt.kernel.nsexec import descriptors_in_namespaces
-from vzcpt.kernel.sockdiag import UnixSock, unix_sockets
+from vzcpt.kernel.sockdiag import SHUT_BY_DIAG, UnixSock, unix_sockets
 from vzcpt.kernel.sockopts import socket_kind
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FileDesc, UnixSocketRecord
+from vzcpt.resources.fds import FileDesc, UnixSocketRecord, unix_options, unix_pending
+from vzcpt.resources.fds.unix_names import (
+    bound,
+    by_name,
+    connected,
+    socket_file,
+    through_passing,
+    unnamed,
+    unnamed_pair,
+)
 
 SO_PEEK_OFF = 42
 STATE_LISTEN = 10
-SHUT_BY_DIAG = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
 STATUS_FLAGS = os.O_NONBLOCK
+# Room for the most descriptors one message carries, and for the sender's credentials.
+ANCILLARY_SPACE = socket.CMSG_SPACE(4 * 253) + socket.CMSG_SPACE(12)
 
 
 class UnixHandler:
@@ -74,7 +78,9 @@ class UnixHandler:
                 raise Unsupported(
                     f"process {pid}: descriptor {fd}: its unix socket is not visible to sock_diag"
                 )
-            rec = _record(ctx, pid, fd, sock, diag)
+            where = f"process {pid}: descriptor {fd} (a unix socket)"
+            rec = _record(ctx, pid, where, sock, diag)
+            ctx.shared.setdefault("unix-where", {})[rec.ino] = where
         finally:
             sock.close()
         return FileDesc(id=0, kind=self.kind, flags=info.flags & ~os.O_CLOEXEC, socket=rec)
@@ -85,24 +91,24 @@ class UnixHandler:
             raise VzcptError(f"file {desc.id} of kind unix has no socket record")
         if rec.peer:
             fd = _pair_end(ctx, rec)
+        elif rec.listener:
+            fd = unix_pending.open_client(ctx, rec)
         elif rec.name:
-            backlog = rec.backlog if rec.listening else None
+            backlog = unix_pending.backlog_to_listen(rec) if rec.listening else None
             queue = [] if rec.listening else rec.queue
-            file = (rec.file_mode, rec.file_uid, rec.file_gid) if rec.file_mode else None
-            (sock,) = _by_name(
-                ctx, rec.name, lambda: [_bound(rec.type, rec.name, backlog, queue, file)]
+            file = socket_file(rec)
+            (sock,) = by_name(
+                ctx, rec.name, lambda: [bound(rec.type, rec.name, backlog, queue, file)]
             )
             fd = sock.detach()
-        else:
-            sock = socket.socket(socket.AF_UNIX, rec.type)
-            try:
-                if rec.listening:
-                    sock.listen(rec.backlog)
-            except BaseException:
-                sock.close()
-                raise
-            fd = sock.detach()
+            if rec.listening:
+                unix_pending.listen_as_owner(ctx, desc)
+        else:  # unbound, so not listening: listen() refuses a socket with no name
+            fd = unnamed(ctx, rec.type).detach()
         fcntl.fcntl(fd, fcntl.F_SETFL, desc.flags & STATUS_FLAGS)
+        if not rec.listener:  # a waiting client's, once it has connected (unix_pending)
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                unix_options.apply(sock, rec.options)
         return fd
 
 
@@ -115,18 +121,26 @@ def _diag(ctx: DumpContext, pid: int) -> dict[int, UnixSock]:
     return found
 
 
+def _waiting(ctx: DumpContext, pid: int) -> dict[int, int]:
+    """The clients waiting in a listener of the process's network namespace:
+    client inode -> listener inode."""
+    key = ("unix-waiting", procfs.stat(pid, "ns/net").st_ino)
+    if key not in ctx.shared:
+        ctx.shared[key] = unix_pending.waiting_clients(_diag(ctx, pid))
+    found: dict[int, int] = ctx.shared[key]
+    return found
+
+
 def _record(
-    ctx: DumpContext, pid: int, fd: int, sock: socket.socket, diag: UnixSock
+    ctx: DumpContext, pid: int, where: str, sock: socket.socket, diag: UnixSock
 ) -> UnixSocketRecord:
-    where = f"process {pid}: descriptor {fd} (a unix socket)"
     name = sock.getsockname()
     name = os.fsencode(name) if isinstance(name, str) else bytes(name)
     listening = diag.state == STATE_LISTEN
-    if listening and diag.rqueue:
-        raise Unsupported(
-            f"{where} has {diag.rqueue} connections not yet accepted, "
-            "which vzcpt cannot checkpoint yet"
-        )
+    pending = unix_pending.check_listener(where, diag) if listening else []
+    listener = _waiting(ctx, pid).get(diag.ino, 0)
+    if listener:
+        unix_pending.check_client(where, diag)
     if name and not name.startswith((b"\0", b"/")):
         raise Unsupported(
             f"{where} has a relative path as its name ({os.fsdecode(name)!r}), "
@@ -138,7 +152,7 @@ def _record(
     except OSError:  # ENOTCONN
         peer, connected = "", False
     peer_name = os.fsencode(peer) if isinstance(peer, str) else bytes(peer)
-    if connected and not diag.peer:
+    if connected and not diag.peer and not listener:
         raise Unsupported(
             f"{where} is connected to a peer outside the tree, which vzcpt cannot checkpoint yet"
         )
@@ -161,6 +175,9 @@ def _record(
         shutdown=diag.shutdown,
         queue=[] if listening else _peek_all(sock, where),
         peer_name=peer_name,
+        options=unix_options.changed(ctx, sock),
+        pending=pending,
+        listener=listener,
     )
 
 
@@ -176,44 +193,60 @@ def _socket_file(pid: int, name: bytes) -> os.stat_result | None:
 
 
 def _peek_all(sock: socket.socket, where: str) -> list[bytes]:
-    """Every queued message, in order, left in place (SO_PEEK_OFF walks past each)."""
-    old = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    """Every queued message, in order, left in place (SO_PEEK_OFF walks past each).
+
+    An empty read ends a stream. A seqpacket socket reads empty too once its peer
+    has shut down, but a message may be empty: SO_PASSCRED, on for the while,
+    tells them apart, since every message then comes with its sender's credentials.
+    """
+    seqpacket = sock.type == socket.SOCK_SEQPACKET
+    old_offset = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    old_passcred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
     sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    if seqpacket:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     messages = []
     try:
         while True:
             try:
                 data, ancillary, _, _ = sock.recvmsg(
-                    1 << 20, socket.CMSG_SPACE(4 * 253), socket.MSG_PEEK | socket.MSG_DONTWAIT
+                    1 << 20, ANCILLARY_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT
                 )
             except BlockingIOError:
                 break
-            if any(
-                level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-                for level, kind, _ in ancillary
-            ):
+            kinds = {kind for level, kind, _ in ancillary if level == socket.SOL_SOCKET}
+            if socket.SCM_RIGHTS in kinds:
                 raise Unsupported(
                     f"{where} has descriptors in flight (SCM_RIGHTS), which "
                     "vzcpt cannot checkpoint yet"
                 )
-            if not data and sock.type == socket.SOCK_STREAM:
+            if not data and (
+                sock.type == socket.SOCK_STREAM
+                or (seqpacket and socket.SCM_CREDENTIALS not in kinds)
+            ):
                 break  # end of stream: the peer shut down its sending side
             messages.append(data)
     finally:
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old_offset)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, old_passcred)
     return messages
 
 
-def check_peers(records: list[object]) -> None:
+def check_peers(ctx: DumpContext) -> None:
     """Refuse a socket whose peer the dump does not hold: it lives outside the tree."""
-    socks = {r.socket.ino: r for r in records if isinstance(r, FileDesc) and r.socket}
-    for desc in socks.values():
-        assert desc.socket is not None
-        if desc.socket.peer and desc.socket.peer not in socks:
+    socks = {r.socket.ino: r.socket for r in ctx.records if isinstance(r, FileDesc) and r.socket}
+    known: dict[int, str] = ctx.shared.get("unix-where", {})
+
+    def where(ino: int) -> str:
+        return known.get(ino, f"a unix socket of the tree (inode {ino})")
+
+    for rec in socks.values():
+        if rec.peer and rec.peer not in socks:
             raise Unsupported(
-                f"a unix socket of the tree (inode {desc.socket.ino}) is connected to a peer "
-                "outside it, which vzcpt cannot checkpoint yet"
+                f"{where(rec.ino)} is connected to a peer outside the tree, "
+                "which vzcpt cannot checkpoint yet"
             )
+    unix_pending.check_both_ends(socks, where)
 
 
 def _pair_end(ctx: RestoreContext, rec: UnixSocketRecord) -> int:
@@ -232,7 +265,7 @@ def _pair_end(ctx: RestoreContext, rec: UnixSocketRecord) -> int:
             client, server = _connect_through(ctx, listener_name, rec.type)
             mine, theirs = (client, server) if client_is_me else (server, client)
         else:
-            mine, theirs = socket.socketpair(socket.AF_UNIX, rec.type)
+            mine, theirs = unnamed_pair(ctx, rec.type)
         try:
             for receiver, sender in ((rec, theirs), (peer, mine)):
                 for message in receiver.queue:  # datagrams keep their boundaries
@@ -269,12 +302,12 @@ def _connect_through(
     if own is not None:
         listener = socket.socket(fileno=os.dup(open_description(ctx, own)))
         try:
-            (client,) = _by_name(ctx, name, lambda: [_connected(kind, name)])
+            (client,) = by_name(ctx, name, lambda: [connected(kind, name)])
         except BaseException:
             listener.close()
             raise
     else:  # the listener is gone: a passing one stands in, on the same name
-        listener, client = _by_name(ctx, name, lambda: _through_passing(kind, name))
+        listener, client = by_name(ctx, name, lambda: through_passing(kind, name))
     try:
         # The connection is queued once connect() returns: accept() takes it at
         # once, whatever O_NONBLOCK the tree gave its listener (which stays).
@@ -292,89 +325,6 @@ def _peer_record(ctx: RestoreContext, rec: UnixSocketRecord) -> UnixSocketRecord
         if desc.socket is not None and desc.socket.ino == rec.peer:
             return desc.socket
     raise VzcptError(f"the dump lacks the peer of unix socket {rec.ino}")
-
-
-def _by_name(
-    ctx: RestoreContext, name: bytes, work: Callable[[], list[int]]
-) -> list[socket.socket]:
-    """Sockets `work` makes where `name` means what it meant to the programs: in
-    our namespaces, or in a VE's network and mount namespaces."""
-    if ctx.ns_pid:
-        what = f"make unix socket {os.fsdecode(name)!r} again"
-        fds = descriptors_in_namespaces(ctx.ns_pid, ("net", "mnt"), work, what)
-    else:
-        fds = work()
-    return [socket.socket(fileno=fd) for fd in fds]
-
-
-def _bound(
-    kind: int,
-    name: bytes,
-    backlog: int | None,
-    queue: list[bytes],
-    file: tuple[int, int, int] | None = None,
-) -> int:
-    """A socket bound to `name`, listening with `backlog` unless None, with the
-    datagrams of `queue` waiting in it, its file given `file` (mode, uid, gid) if
-    known; its descriptor."""
-    sock = socket.socket(socket.AF_UNIX, kind)
-    try:
-        _bind(sock, name, file)
-        if backlog is not None:
-            sock.listen(backlog)
-        if queue:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-                for message in queue:
-                    sender.sendto(message, name)
-    except OSError as exc:
-        sock.close()
-        raise VzcptError(f"unix socket {os.fsdecode(name)!r}: {exc.strerror}") from None
-    except BaseException:
-        sock.close()
-        raise
-    return sock.detach()
-
-
-def _connected(kind: int, name: bytes) -> int:
-    sock = socket.socket(socket.AF_UNIX, kind)
-    try:
-        sock.connect(name)
-    except OSError as exc:
-        sock.close()
-        raise VzcptError(f"cannot connect to {os.fsdecode(name)!r}: {exc.strerror}") from None
-    return sock.detach()
-
-
-def _through_passing(kind: int, name: bytes) -> list[int]:
-    """A passing listener bound to `name` and a client connected to it; the
-    listener's socket file is removed at once (the connection stays)."""
-    listener = _bound(kind, name, 1, [])
-    try:
-        client = _connected(kind, name)
-    finally:
-        if not name.startswith(b"\0"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-    return [listener, client]
-
-
-def _bind(sock: socket.socket, name: bytes, file: tuple[int, int, int] | None = None) -> None:
-    """Bind to `name`; a socket file at the path (the one the dumped socket left
-    behind) is replaced. The new file gets the mode and owner `file` says, else
-    those of the file it replaced (a socket file the VE's /dev lost is made anew)."""
-    if name.startswith(b"\0"):
-        sock.bind(name)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        left = os.lstat(name)
-        if stat.S_ISSOCK(left.st_mode):
-            os.unlink(name)
-            file = file or (stat.S_IMODE(left.st_mode), left.st_uid, left.st_gid)
-    sock.bind(name)
-    if file is not None:
-        mode, uid, gid = file
-        os.chown(name, uid, gid)
-        os.chmod(name, mode)
 
 
 HANDLER = UnixHandler()
