@@ -1,6 +1,6 @@
 """The address space: mappings, their pages, and the mm fields of prctl(PR_SET_MM_MAP).
 
-Kernel interfaces: /proc/PID/maps and smaps (VmFlags) list the mappings;
+Kernel interfaces: /proc/PID/smaps lists the mappings with their VmFlags;
 /proc/PID/pagemap tells which pages are present, swapped, file-backed or the
 shared zero page; process_vm_readv/writev move the pages; shared memory
 (MAP_SHARED|MAP_ANONYMOUS, System V shm) is read through
@@ -39,7 +39,7 @@ from vzcpt.kernel import nr, vm
 from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
 from vzcpt.proc.auxv import parse_auxv
-from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps_flags
+from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps
 from vzcpt.proc.stat import parse_stat
 from vzcpt.resources import pages, shmem
 from vzcpt.resources.context import DumpContext, RestoreContext
@@ -104,17 +104,22 @@ class MmRecord:
 # ---------------------------------------------------------------- dump
 
 
-def dump_mm(ctx: DumpContext, pid: int, task: RemoteTask) -> MmRecord:
-    maps = parse_maps(procfs.read(pid, "maps"))
-    flags = parse_smaps_flags(procfs.read(pid, "smaps"))
+def read_mappings(pid: int) -> list[tuple[MapEntry, frozenset[str]]]:
+    """The mappings of a process with their VmFlags: smaps has both, so it is read alone."""
+    return parse_smaps(procfs.read(pid, "smaps"))
+
+
+def dump_mm(
+    ctx: DumpContext, pid: int, task: RemoteTask, mappings: list[tuple[MapEntry, frozenset[str]]]
+) -> MmRecord:
+    """Save the address space; `mappings` (read_mappings) must not include our scratch area."""
     stat = parse_stat(procfs.read(pid, "stat"))
     brk = task.call(nr.BRK, 0, what="brk(0)")
     auxv = [v for pair in parse_auxv(procfs.read(pid, "auxv")) for v in pair]
     vmas = []
-    for entry in maps:
-        if entry.path == "[vsyscall]":
-            continue
-        vmas.append(_vma_record(ctx, pid, entry, flags.get(entry.start, frozenset())))
+    for entry, vmflags in mappings:
+        if entry.path != "[vsyscall]":
+            vmas.append(_vma_record(ctx, pid, entry, vmflags))
     pages.dump_private_pages(ctx, pid, [v for v in vmas if _has_own_pages(v)])
     return MmRecord(
         start_code=stat.startcode,
