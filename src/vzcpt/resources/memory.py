@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vzcpt.errors import FileChanged, KernelMismatch, Unsupported
@@ -33,7 +32,9 @@ from vzcpt.inject.remote import (
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
+    Placed,
     RemoteTask,
+    Syscall,
 )
 from vzcpt.kernel import nr, vm
 from vzcpt.kernel.vm import PAGE_SIZE
@@ -242,19 +243,19 @@ def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) ->
     scratch; the saved brk, stack, argv/env, auxv and exe link are set.
     """
     _place_specials(task, mm, ctx.stub_specials)
-    # Now, while no file is mapped: the kernel refuses a new exe link (EBUSY)
+    exe_fd, fds = _open_files(task, mm)
+    # Before any file is mapped: the kernel refuses a new exe link (EBUSY)
     # while the old exe file is still mapped, and the stub's exe (our Python)
     # may be the very file the saved process maps.
-    _set_mm_map(task, mm)
+    _set_mm_map(task, mm, exe_fd)
     runs = ctx.image.pages_of(pid)
     filled = _vmas_with_pages(mm.vmas, [(r.address, len(r.data)) for r in runs])
-    fds = _open_mapped_files(task, mm.vmas)
-    # Mappings never overlap: order does not matter, and one batch makes them all.
-    task.batch(
-        [_mmap_call(v, fds, v.start in filled) for v in mm.vmas if v.kind in ("anon", "file")],
-        what="mmap",
-    )
-    task.batch([(nr.CLOSE, fd) for fd in fds.values()], what="close")
+    # Mappings never overlap: order does not matter, and they all go in one batch.
+    for vma in mm.vmas:
+        if vma.kind in ("anon", "file"):
+            task.queue(*_mmap_call(vma, fds, vma.start in filled), what=f"mmap at {vma.start:#x}")
+    for fd in fds.values():
+        task.queue(nr.CLOSE, fd, what="close of a mapped file")
     for vma in mm.vmas:
         if vma.kind in ("shmem", "sysv"):
             shmem.map_shared(
@@ -267,41 +268,39 @@ def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) ->
             )
         elif vma.kind not in ("anon", "file", "vdso", "vvar", "vvar_vclock"):
             raise Unsupported(f"process {pid}: cannot restore a mapping of kind {vma.kind}")
-    _write_pages(task.tid, runs)
+    task.flush()  # every mapping exists before its pages are written from outside
+    _write_pages(ctx, task, runs)
     ctx.stats.pages += sum(len(r.data) for r in runs) // PAGE_SIZE
     ctx.stats.bytes += sum(len(r.data) for r in runs)
     ctx.stats.progress(f"restoring memory of {pid}")
-    task.batch(
-        [
-            (nr.MPROTECT, v.start, v.end - v.start, v.prot)
-            for v in mm.vmas
-            if v.start in filled and not v.prot & PROT_WRITE
-        ],
-        what="mprotect",
-    )
+    # Queued: they run with the process's next batch, once the pages are in.
     for vma in mm.vmas:
+        if vma.start in filled and not vma.prot & PROT_WRITE:
+            task.queue(nr.MPROTECT, vma.start, vma.end - vma.start, vma.prot, what="mprotect")
         for advice in vma.madvise:  # best effort: THP advice fails where THP is off
-            task.call_raw(nr.MADVISE, vma.start, vma.end - vma.start, advice)
+            task.queue(
+                nr.MADVISE, vma.start, vma.end - vma.start, advice, what="madvise", may_fail=True
+            )
 
 
-def _write_pages(tid: int, runs: list[PageRun]) -> None:
-    """Write the saved pages into the task, split over two threads.
+def _write_pages(ctx: RestoreContext, task: RemoteTask, runs: list[PageRun]) -> None:
+    """Start writing the saved pages into the task; its next batch waits for them.
 
-    Most of the time goes to faulting in the task's fresh memory; with the
-    GIL released during process_vm_writev, two threads fault on two cores.
+    Most of the time goes to faulting in the task's fresh memory. The page
+    writer threads do that (the GIL is released in process_vm_writev) on
+    the other core while this thread goes on rebuilding the next processes;
+    a large amount is split between both threads.
     """
     pieces = [
         (run.address + off, run.data[off : off + PARALLEL_PIECE])
         for run in runs
         for off in range(0, len(run.data), PARALLEL_PIECE)
     ]
-    if sum(len(d) for _, d in pieces) < 2 * PARALLEL_PIECE:
-        vm.write_runs(tid, pieces)
+    if not pieces:
         return
-    with ThreadPoolExecutor(max_workers=1) as helper:
-        other = helper.submit(vm.write_runs, tid, pieces[1::2])
-        vm.write_runs(tid, pieces[0::2])
-        other.result()
+    halves = [pieces] if len(pieces) < 2 else [pieces[0::2], pieces[1::2]]
+    for half in halves:
+        task.after(ctx.page_writers.submit(vm.write_runs, task.tid, half))
 
 
 def _vmas_with_pages(vmas: list[VmaRecord], runs: list[tuple[int, int]]) -> set[int]:
@@ -323,22 +322,25 @@ def _access(vma: VmaRecord) -> int:
     return os.O_RDWR if vma.shared and vma.prot & PROT_WRITE else os.O_RDONLY
 
 
-def _open_mapped_files(task: RemoteTask, vmas: list[VmaRecord]) -> dict[tuple[str, int], int]:
-    """Open each mapped file once in the task (batched); return its descriptors."""
-    wanted = sorted({(v.path, _access(v)) for v in vmas if v.kind == "file"})
-    fds: dict[tuple[str, int], int] = {}
-    while wanted:
-        calls, offset, chunk = [], 0, []
-        while wanted and offset + len(wanted[0][0]) + 1 <= 60 * 1024:
-            path, access = wanted.pop(0)
-            address = task.put(offset, path.encode() + b"\0")
-            offset += len(path.encode()) + 1
-            calls.append((nr.OPEN, address, access | os.O_CLOEXEC, 0))
-            chunk.append((path, access))
-        if not calls:
-            raise Unsupported(f"a mapped file's path is too long: {wanted[0][0][:80]}...")
-        fds.update(zip(chunk, task.batch(calls, what="open of a mapped file"), strict=True))
-    return fds
+def _open_files(task: RemoteTask, mm: MmRecord) -> tuple[int, dict[tuple[str, int], int]]:
+    """Open the exe and each mapped file once, in the task, in one batch; return
+    the exe's descriptor and those of the mapped files."""
+    exe = task.queue(
+        nr.OPEN, mm.exe.encode() + b"\0", os.O_RDONLY | os.O_CLOEXEC, 0, what=f"open {mm.exe}"
+    )
+    opened = {
+        (path, access): task.queue(
+            nr.OPEN, path.encode() + b"\0", access | os.O_CLOEXEC, 0, what=f"open {path}"
+        )
+        for path, access in sorted({(v.path, _access(v)) for v in mm.vmas if v.kind == "file"})
+    }
+    task.flush()
+    return _result(exe), {key: _result(call) for key, call in opened.items()}
+
+
+def _result(call: Syscall) -> int:
+    assert call.result is not None  # it ran, or the flush would have raised
+    return call.result
 
 
 def _mmap_call(vma: VmaRecord, fds: dict[tuple[str, int], int], writable: bool) -> tuple[int, ...]:
@@ -381,53 +383,56 @@ def empty_address_space(task: RemoteTask, window: tuple[int, int]) -> dict[str, 
 def _place_specials(task: RemoteTask, mm: MmRecord, parked: dict[str, tuple[int, int]]) -> None:
     """Move the parked vDSO and its data pages to where they were at checkpoint."""
     saved = {f"[{v.kind}]": v for v in mm.vmas if v.kind in ("vdso", "vvar", "vvar_vclock")}
-    calls: list[tuple[int, ...]] = []
     for name, (address, size) in parked.items():
         target = saved.get(name)
         if target is None:
-            calls.append((nr.MUNMAP, address, size))
+            task.queue(nr.MUNMAP, address, size, what=f"munmap of {name}")
         elif target.end - target.start != size:
             raise KernelMismatch(
                 f"{name} is {size} bytes here but was {target.end - target.start} at checkpoint"
             )
         else:
-            calls.append(
-                (nr.MREMAP, address, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target.start)
+            flags = MREMAP_MAYMOVE | MREMAP_FIXED
+            task.queue(
+                nr.MREMAP, address, size, size, flags, target.start, what=f"mremap of {name}"
             )
-    task.batch(calls, what="placing the vDSO")
 
 
-def _set_mm_map(task: RemoteTask, mm: MmRecord) -> None:
+def _set_mm_map(task: RemoteTask, mm: MmRecord, exe_fd: int) -> None:
+    """Queue prctl(PR_SET_MM_MAP): the saved mm fields, auxv and exe link."""
     auxv = b"".join(v.to_bytes(8, "little") for v in mm.auxv) + bytes(16)
-    auxv_addr = task.put(1024, auxv)
-    exe = task.put(512, mm.exe.encode() + b"\0")
-    exe_fd = task.call(nr.OPEN, exe, os.O_RDONLY | os.O_CLOEXEC, 0, what=f"open {mm.exe}")
-    fields = _MmMap(
-        mm.start_code,
-        mm.end_code,
-        mm.start_data,
-        mm.end_data,
-        mm.start_brk,
-        mm.brk,
-        mm.start_stack,
-        mm.arg_start,
-        mm.arg_end,
-        mm.env_start,
-        mm.env_end,
-        auxv_addr,
-        len(auxv),
-        exe_fd,
-    )
-    address = task.put(0, fields)
-    try:
-        task.call(
-            nr.PRCTL,
-            PR_SET_MM,
-            PR_SET_MM_MAP,
-            address,
-            ctypes.sizeof(fields),
-            0,
-            what="prctl(PR_SET_MM_MAP)",
+    size = ctypes.sizeof(_MmMap)
+
+    def fields(address: int) -> bytes:  # the struct, then the auxv it points to
+        return (
+            bytes(
+                _MmMap(
+                    mm.start_code,
+                    mm.end_code,
+                    mm.start_data,
+                    mm.end_data,
+                    mm.start_brk,
+                    mm.brk,
+                    mm.start_stack,
+                    mm.arg_start,
+                    mm.arg_end,
+                    mm.env_start,
+                    mm.env_end,
+                    address + size,
+                    len(auxv),
+                    exe_fd,
+                )
+            )
+            + auxv
         )
-    finally:
-        task.call(nr.CLOSE, exe_fd, what="close")
+
+    task.queue(
+        nr.PRCTL,
+        PR_SET_MM,
+        PR_SET_MM_MAP,
+        Placed(size + len(auxv), fields),
+        size,
+        0,
+        what="prctl(PR_SET_MM_MAP)",
+    )
+    task.queue(nr.CLOSE, exe_fd, what="close of the exe")

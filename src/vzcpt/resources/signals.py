@@ -54,17 +54,18 @@ def dump_signals(pid: int, task: RemoteTask) -> SignalsRecord:
 
 
 def restore_actions(task: RemoteTask, rec: SignalsRecord) -> None:
-    calls: list[tuple[int, ...]] = []
-    for i, act in enumerate(rec.actions):
+    """Queue the saved dispositions (every other signal is at SIG_DFL in a stub)."""
+    for act in rec.actions:
         raw = b"".join(
             v.to_bytes(8, "little") for v in (act.handler, act.flags, act.restorer, act.mask)
         )
-        calls.append((nr.RT_SIGACTION, act.signo, task.put(i * 32, raw), 0, SIGSET_SIZE))
-    task.batch(calls, what="rt_sigaction")
+        task.queue(
+            nr.RT_SIGACTION, act.signo, raw, 0, SIGSET_SIZE, what=f"rt_sigaction({act.signo})"
+        )
 
 
 def restore_shared_pending(task: RemoteTask, pid: int, rec: SignalsRecord) -> None:
+    """Queue the signals pending for the whole process, sent by itself to itself."""
     for info in rec.shared_pending:
         signo = int.from_bytes(info[0:4], "little")
-        task.put(0, info)
-        task.call(nr.RT_SIGQUEUEINFO, pid, signo, task.scratch, what=f"requeue of signal {signo}")
+        task.queue(nr.RT_SIGQUEUEINFO, pid, signo, info, what=f"requeue of signal {signo}")

@@ -74,24 +74,24 @@ def dump_thread(pid: int, task: RemoteTask) -> ThreadRecord:
 
 
 def restore_thread_state(task: RemoteTask, pid: int, rec: ThreadRecord) -> None:
-    """Everything of the thread but its registers and mask, set from inside it, in one batch."""
-    calls: list[tuple[int, ...]] = [(nr.SET_TID_ADDRESS, rec.clear_child_tid)]
+    """Queue everything of the thread but its registers and mask, set from inside it."""
+    task.queue(nr.SET_TID_ADDRESS, rec.clear_child_tid, what="set_tid_address")
     if rec.robust_list[0]:
-        calls.append((nr.SET_ROBUST_LIST, *rec.robust_list))
+        task.queue(nr.SET_ROBUST_LIST, *rec.robust_list, what="set_robust_list")
     sp, flags, size = rec.altstack
     if not flags & SS_DISABLE:
         stack = sp.to_bytes(8, "little") + (flags & ~SS_ONSTACK).to_bytes(4, "little") + bytes(4)
-        calls.append((nr.SIGALTSTACK, task.put(0, stack + size.to_bytes(8, "little")), 0))
-    name = task.put(64, rec.comm.encode()[:15] + b"\0")
-    calls.append((nr.PRCTL, PR_SET_NAME, name, 0, 0, 0))
+        task.queue(nr.SIGALTSTACK, stack + size.to_bytes(8, "little"), 0, what="sigaltstack")
+    name = rec.comm.encode()[:15] + b"\0"
+    task.queue(nr.PRCTL, PR_SET_NAME, name, 0, 0, 0, what="PR_SET_NAME")
     if rec.rseq is not None:
         pointer, length, signature = rec.rseq
-        calls.append((nr.RSEQ, pointer, length, 0, signature))
-    for i, info in enumerate(rec.pending):
+        task.queue(nr.RSEQ, pointer, length, 0, signature, what="rseq")
+    for info in rec.pending:
         signo = int.from_bytes(info[0:4], "little")
-        address = task.put(128 + i * len(info), info)
-        calls.append((nr.RT_TGSIGQUEUEINFO, pid, rec.tid, signo, address))
-    task.batch(calls, what=f"state of thread {rec.tid}")
+        task.queue(
+            nr.RT_TGSIGQUEUEINFO, pid, rec.tid, signo, info, what=f"requeue of signal {signo}"
+        )
 
 
 def final_regs(rec: ThreadRecord) -> Regs:
@@ -116,7 +116,9 @@ def final_regs(rec: ThreadRecord) -> Regs:
     return regs
 
 
-def load_regs(tid: int, rec: ThreadRecord) -> None:
-    ptrace.set_regset(tid, ptrace.NT_X86_XSTATE, rec.xstate)
-    ptrace.set_regs(tid, final_regs(rec))
-    ptrace.set_sigmask(tid, rec.sigmask)
+def load_regs(task: RemoteTask, rec: ThreadRecord) -> None:
+    """Run what is queued in the thread, then give it its saved registers and mask."""
+    task.flush()
+    ptrace.set_regset(task.tid, ptrace.NT_X86_XSTATE, rec.xstate)
+    ptrace.set_regs(task.tid, final_regs(rec))
+    ptrace.set_sigmask(task.tid, rec.sigmask)

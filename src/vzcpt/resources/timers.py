@@ -71,8 +71,7 @@ def dump_timers(pid: int, task: RemoteTask) -> TimersRecord:
 def restore_timers(task: RemoteTask, pid: int, rec: TimersRecord) -> None:
     for which, value in enumerate(rec.itimers):
         if any(value):
-            task.put(0, _raw(value))
-            task.call(nr.SETITIMER, which, task.scratch, 0, what="setitimer")
+            task.queue(nr.SETITIMER, which, _raw(value), 0, what="setitimer")
     if not rec.posix:
         return
     exact = task.call_raw(nr.PRCTL, PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0) == 0
