@@ -24,7 +24,7 @@ from vzcpt import __version__
 from vzcpt.image.stream import DumpWriter, create_dumpfile, open_dump
 from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
-from vzcpt.kernel import vm
+from vzcpt.kernel import nr, vm
 from vzcpt.kernel.libc import start_writeback
 from vzcpt.kernel.probes import vdso_fingerprint
 from vzcpt.proc import files as procfs
@@ -223,20 +223,29 @@ def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord
         main.map_scratch()
         for task in others:
             task.scratch = main.scratch
-        rec.attrs = process.dump_attrs(pid, main)
-        rec.creds = process.dump_creds(pid, main)
-        rec.signals = signals.dump_signals(pid, main)
-        rec.timers = timers.dump_timers(pid, main)
-        rec.threads = [thread.dump_thread(pid, task) for task in [main, *others]]
+        # Every question to the process goes into one batch (one per thread):
+        # each module queues its calls and returns what reads the answers.
+        attrs = process.dump_attrs(pid, main)
+        creds = process.dump_creds(pid, main)
+        sigs = signals.dump_signals(pid, main)
+        tmrs = timers.dump_timers(pid, main)
+        thrs = [thread.dump_thread(pid, task) for task in [main, *others]]
+        brk = main.queue(nr.BRK, 0, what="brk(0)")
+        for task in [main, *others]:
+            task.flush()
+        rec.attrs, rec.creds, rec.signals, rec.timers = attrs(), creds(), sigs(), tmrs()
+        rec.threads = [answer() for answer in thrs]
         for trec in rec.threads:
             trec.tid = ctx.saved_id(trec.tid)
         for timer in rec.timers.posix:
             timer.notify_tid = ctx.saved_id(timer.notify_tid)
         rec.fds = dump_table(ctx, pid)
         main.unmap_scratch()
-        rec.mm = memory.dump_mm(ctx, pid, main, mappings)
+        rec.mm = memory.dump_mm(ctx, pid, mappings, brk.value)
         ctx.stats.threads += len(tids)
     finally:
+        for task in [main, *others]:
+            task.pending.clear()  # after a failure: what was not asked yet never will be
         if main.scratch:
             main.unmap_scratch()
         for task in [main, *others]:

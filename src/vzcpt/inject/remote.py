@@ -137,6 +137,19 @@ class Syscall:
         """The call's errno, 0 if it succeeded (or has not run)."""
         return errno_of(self.result) if self.result is not None else 0
 
+    @property
+    def value(self) -> int:
+        """The result of a call that has run."""
+        if self.result is None:
+            raise VzcptError(f"{self.what}: read before the call ran")
+        return self.result
+
+    def word(self, index: int = 0, offset: int = 0, size: int = 8) -> int:
+        """An unsigned little-endian number the call left in its memory argument `index`."""
+        if self.result is None:
+            raise VzcptError(f"{self.what}: read before the call ran")
+        return int.from_bytes(self.memory[index][offset : offset + size], "little")
+
     def data_size(self) -> int:
         return sum(_padded(_size(a)) for a in self.args if not isinstance(a, int))
 

@@ -111,11 +111,11 @@ def read_mappings(pid: int) -> list[tuple[MapEntry, frozenset[str]]]:
 
 
 def dump_mm(
-    ctx: DumpContext, pid: int, task: RemoteTask, mappings: list[tuple[MapEntry, frozenset[str]]]
+    ctx: DumpContext, pid: int, mappings: list[tuple[MapEntry, frozenset[str]]], brk: int
 ) -> MmRecord:
-    """Save the address space; `mappings` (read_mappings) must not include our scratch area."""
+    """Save the address space; `mappings` (read_mappings) must not include our
+    scratch area; `brk` is what brk(0) returned in the process."""
     stat = parse_stat(procfs.read(pid, "stat"))
-    brk = task.call(nr.BRK, 0, what="brk(0)")
     auxv = [v for pair in parse_auxv(procfs.read(pid, "auxv")) for v in pair]
     vmas = []
     for entry, vmflags in mappings:
@@ -179,8 +179,18 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
         )
     else:
         vma.kind = "file"
-        vma.file_size = procfs.stat(pid, f"map_files/{e.start:x}-{e.end:x}").st_size
+        vma.file_size = _file_size(ctx, pid, e)
     return vma
+
+
+def _file_size(ctx: DumpContext, pid: int, e: MapEntry) -> int:
+    """The size of a mapped file, asked once per file of the dump (a tree maps
+    the same libraries many times over)."""
+    sizes: dict[tuple[tuple[int, int], int], int] = ctx.shared.setdefault("file-sizes", {})
+    key = (e.dev, e.inode)
+    if key not in sizes:
+        sizes[key] = procfs.stat(pid, f"map_files/{e.start:x}-{e.end:x}").st_size
+    return sizes[key]
 
 
 def _has_own_pages(vma: VmaRecord) -> bool:

@@ -13,6 +13,7 @@ need privileges the restored program may not have).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vzcpt.inject.remote import RemoteTask, Syscall
@@ -69,9 +70,11 @@ class ProcessAttrs:
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
-def dump_creds(pid: int, task: RemoteTask) -> Creds:
+def dump_creds(pid: int, task: RemoteTask) -> Callable[[], Creds]:
+    """Queue the questions; the function returned reads the answers once they ran."""
     st = parse_status(procfs.read(pid, "status"))
-    return Creds(
+    securebits = task.queue(nr.PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0, what="PR_GET_SECUREBITS")
+    return lambda: Creds(
         uids=st.uid,
         gids=st.gid,
         groups=list(st.groups),
@@ -80,29 +83,33 @@ def dump_creds(pid: int, task: RemoteTask) -> Creds:
         cap_eff=st.cap_eff,
         cap_bnd=st.cap_bnd,
         cap_amb=st.cap_amb,
-        securebits=task.call(nr.PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0, what="PR_GET_SECUREBITS"),
+        securebits=securebits.value,
         no_new_privs=bool(st.no_new_privs),
     )
 
 
-def dump_attrs(pid: int, task: RemoteTask) -> ProcessAttrs:
+def dump_attrs(pid: int, task: RemoteTask) -> Callable[[], ProcessAttrs]:
+    """Queue the questions; the function returned reads the answers once they ran."""
     st = parse_status(procfs.read(pid, "status"))
     stat = parse_stat(procfs.read(pid, "stat"))
-    task.call(nr.PRCTL, PR_GET_PDEATHSIG, task.scratch, 0, 0, 0, what="PR_GET_PDEATHSIG")
-    pdeathsig = int.from_bytes(task.get(0, 4), "little")
-    task.call(nr.PRCTL, PR_GET_CHILD_SUBREAPER, task.scratch, 0, 0, 0, what="subreaper")
-    subreaper = bool(int.from_bytes(task.get(0, 4), "little"))
-    return ProcessAttrs(
+    pdeathsig = task.queue(nr.PRCTL, PR_GET_PDEATHSIG, bytes(4), 0, 0, 0, what="PR_GET_PDEATHSIG")
+    subreaper = task.queue(nr.PRCTL, PR_GET_CHILD_SUBREAPER, bytes(4), 0, 0, 0, what="subreaper")
+    personality = task.queue(nr.PERSONALITY, 0xFFFFFFFF, what="personality")
+    dumpable = task.queue(nr.PRCTL, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE")
+    cwd = procfs.readlink(pid, "cwd")
+    root = procfs.readlink(pid, "root")
+    rlimits = parse_limits(procfs.read(pid, "limits"))
+    return lambda: ProcessAttrs(
         comm=stat.comm,
         umask=st.umask or 0,
         nice=stat.nice,
-        personality=task.call(nr.PERSONALITY, 0xFFFFFFFF, what="personality"),
-        cwd=procfs.readlink(pid, "cwd"),
-        root=procfs.readlink(pid, "root"),
-        pdeathsig=pdeathsig,
-        dumpable=task.call(nr.PRCTL, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE"),
-        subreaper=subreaper,
-        rlimits=parse_limits(procfs.read(pid, "limits")),
+        personality=personality.value,
+        cwd=cwd,
+        root=root,
+        pdeathsig=pdeathsig.word(size=4),
+        dumpable=dumpable.value,
+        subreaper=bool(subreaper.word(size=4)),
+        rlimits=rlimits,
     )
 
 

@@ -11,6 +11,7 @@ set_robust_list, rseq(2), prctl(PR_SET_NAME) and rt_tgsigqueueinfo(2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vzcpt.inject.remote import RemoteTask, to_signed
@@ -46,16 +47,19 @@ class ThreadRecord:
     pending: list[bytes] = field(default_factory=list)  # siginfo of private pending signals
 
 
-def dump_thread(pid: int, task: RemoteTask) -> ThreadRecord:
-    """Save one stopped thread; `task` must have its scratch area mapped."""
+def dump_thread(pid: int, task: RemoteTask) -> Callable[[], ThreadRecord]:
+    """Save one stopped thread; `task` must have its scratch area mapped.
+
+    Queues what is asked from inside the thread; the function returned
+    reads the answers once they ran."""
     tid = task.tid
     regs = task.saved_regs
     rseq = ptrace.get_rseq(tid)
-    task.call(nr.PRCTL, PR_GET_TID_ADDRESS, task.scratch, 0, 0, 0, what="PR_GET_TID_ADDRESS")
-    clear_tid = int.from_bytes(task.get(0, 8), "little")
-    task.call(nr.SIGALTSTACK, 0, task.scratch, what="sigaltstack")
-    ss = task.get(0, 24)
-    return ThreadRecord(
+    clear_tid = task.queue(
+        nr.PRCTL, PR_GET_TID_ADDRESS, bytes(8), 0, 0, 0, what="PR_GET_TID_ADDRESS"
+    )
+    altstack = task.queue(nr.SIGALTSTACK, 0, bytes(24), what="sigaltstack")
+    rec = ThreadRecord(
         tid=tid,
         regs=[getattr(regs, name) for name in REG_NAMES],
         xstate=ptrace.get_regset(tid, ptrace.NT_X86_XSTATE, XSTATE_MAX),
@@ -63,14 +67,15 @@ def dump_thread(pid: int, task: RemoteTask) -> ThreadRecord:
         comm=procfs.read(pid, "comm", tid=tid).decode(errors="replace").rstrip("\n"),
         rseq=(rseq.pointer, rseq.size, rseq.signature) if rseq.pointer else None,
         robust_list=robust_list(tid),
-        clear_child_tid=clear_tid,
-        altstack=(
-            int.from_bytes(ss[0:8], "little"),
-            int.from_bytes(ss[8:12], "little"),
-            int.from_bytes(ss[16:24], "little"),
-        ),
         pending=ptrace.peek_siginfo(tid, shared=False),
     )
+
+    def answer() -> ThreadRecord:
+        rec.clear_child_tid = clear_tid.word()
+        rec.altstack = (altstack.word(0, 0), altstack.word(0, 8, 4), altstack.word(0, 16))
+        return rec
+
+    return answer
 
 
 def restore_thread_state(task: RemoteTask, pid: int, rec: ThreadRecord) -> None:
