@@ -87,6 +87,7 @@ BATCH_RUNNER = bytes.fromhex(
 )
 _ENTRY = struct.Struct("<8Q")
 _END_ENTRY = _ENTRY.pack(*[U64] * 8)
+_ZEROS = [[0] * (6 - n) for n in range(7)]  # the unused arguments of a call with n
 ALL_SIGNALS = (1 << 64) - 1
 _SPAWN_EVENTS = (ptrace.EVENT_FORK, ptrace.EVENT_VFORK, ptrace.EVENT_CLONE)
 
@@ -129,6 +130,7 @@ class Syscall:
     what: str
     may_fail: bool = False
     on_failure: Callable[[Syscall], None] | None = None
+    data_size: int = 0  # bytes its memory arguments take in the batch area
     result: int | None = None
     memory: tuple[bytes, ...] = ()
 
@@ -149,9 +151,6 @@ class Syscall:
         if self.result is None:
             raise VzcptError(f"{self.what}: read before the call ran")
         return int.from_bytes(self.memory[index][offset : offset + size], "little")
-
-    def data_size(self) -> int:
-        return sum(_padded(_size(a)) for a in self.args if not isinstance(a, int))
 
 
 def _size(arg: bytes | Placed) -> int:
@@ -194,11 +193,12 @@ class RemoteTask:
         A failure stops the batch there and is raised as SyscallFailed naming
         `what`, unless the call `may_fail` or has an `on_failure` handler.
         """
-        call = Syscall(number, args, what, may_fail or on_failure is not None, on_failure)
         if len(args) > 6:
             raise ValueError(f"{what}: a syscall takes at most six arguments")
-        if call.data_size() + 2 * BATCH_ENTRY > BATCH_SPACE:
-            raise VzcptError(f"{what}: {call.data_size()} bytes of arguments do not fit")
+        size = sum(_padded(_size(a)) for a in args if not isinstance(a, int))
+        if size + 2 * BATCH_ENTRY > BATCH_SPACE:
+            raise VzcptError(f"{what}: {size} bytes of arguments do not fit")
+        call = Syscall(number, args, what, may_fail or on_failure is not None, on_failure, size)
         self.pending.append(call)
         return call
 
@@ -217,7 +217,7 @@ class RemoteTask:
                 raise VzcptError(f"task {self.tid}: queued calls but no scratch area to run them")
             used = size = 0
             for call in self.pending:
-                need = BATCH_ENTRY + call.data_size()
+                need = BATCH_ENTRY + call.data_size
                 if used and size + need + BATCH_ENTRY > BATCH_SPACE:
                     break
                 used += 1
@@ -289,6 +289,13 @@ class RemoteTask:
         data = bytearray()
         spans: list[list[tuple[int, int]]] = []  # per call: (offset, length) of its memory
         for i, call in enumerate(calls):
+            flags = MAY_FAIL if call.may_fail else 0
+            if not call.data_size:  # numbers only: the common case, kept quick
+                pad = _ZEROS[len(call.args)]
+                words = [a & U64 for a in call.args if isinstance(a, int)]
+                _ENTRY.pack_into(table, i * BATCH_ENTRY, call.number, *words, *pad, flags)
+                spans.append([])
+                continue
             words = [call.number]
             mine = []
             for arg in call.args:
@@ -305,8 +312,8 @@ class RemoteTask:
                 words.append(address)
                 data += raw.ljust(_padded(len(raw)), b"\0")
             spans.append(mine)
-            words += [0] * (7 - len(words))
-            words.append(MAY_FAIL if call.may_fail else 0)
+            words += _ZEROS[len(words) - 1]
+            words.append(flags)
             _ENTRY.pack_into(table, i * BATCH_ENTRY, *words)
         table[-BATCH_ENTRY:] = _END_ENTRY
         ranges = [(self.scratch + BATCH_TABLE, len(table) + len(data))]
