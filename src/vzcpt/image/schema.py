@@ -70,6 +70,7 @@ def record(tag: str) -> Callable[[type[T]], type[T]]:
         _DECODERS.pop(old, None)
         _INIT_FIELDS.pop(cls, None)
         _ENCODERS.pop(cls, None)
+        _FIELDS.pop(cls, None)
         setattr(cls, "__record_tag__", tag)  # noqa: B010 - mypy rejects new attrs on type
         return cls
 
@@ -174,10 +175,36 @@ def encode(obj: object) -> bytes:
     tag = getattr(cls, "__record_tag__", None)
     if tag is None or _REGISTRY.get(tag) is not cls:
         raise TypeError(f"{cls.__qualname__} is not a registered record (use @record)")
-    data = {"t": tag, "v": to_jsonable(obj)}
     # ensure_ascii: names from /proc may hold undecodable bytes kept as lone
     # surrogates (os.fsdecode); escaped, they survive the trip, raw UTF-8 cannot.
-    return json.dumps(data, separators=(",", ":")).encode("ascii")
+    return json.dumps({"t": tag, "v": obj}, separators=(",", ":"), default=_json_default).encode(
+        "ascii"
+    )
+
+
+def _json_default(obj: object) -> Any:
+    """What json's encoder cannot write itself: records, bytes, sets, enums.
+
+    It writes scalars, lists, tuples and dicts in C, exactly as to_jsonable
+    has them, and calls this for the rest. A record whose fields hold a dict
+    goes through to_jsonable, which checks the keys; any other becomes a
+    dict of its fields as they are, for json to walk on.
+    """
+    fields = _FIELDS.get(type(obj))
+    if fields is None:
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            return to_jsonable(obj)
+        names = _init_fields(type(obj))
+        fields = _FIELDS[type(obj)] = (names, _getter(names))
+    names, fetch = fields
+    values = fetch(obj)
+    if dict in set(map(type, values)):
+        return to_jsonable(obj)
+    return dict(zip(names, values, strict=True))
+
+
+# Per record class: its init fields, and what fetches them all at once.
+_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 # ---------------------------------------------------------------- decoding
