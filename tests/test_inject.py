@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import os
 import resource
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from vzcpt.dump import find_gadget
 from vzcpt.errors import SyscallFailed
 from vzcpt.inject.freeze import freeze_tree
-from vzcpt.inject.remote import BATCH_SPACE, RemoteTask, Syscall
+from vzcpt.inject.remote import BATCH_SPACE, Placed, RemoteTask, Syscall
 from vzcpt.kernel import nr
 from vzcpt.proc import files
 from vzcpt.proc.limits import parse_limits
@@ -30,8 +32,8 @@ def task() -> Iterator[RemoteTask]:
     yield from frozen(["sleep", "100"])
 
 
-def frozen(argv: list[str]) -> Iterator[RemoteTask]:
-    proc = subprocess.Popen(argv)
+def frozen(argv: list[str], **popen: Any) -> Iterator[RemoteTask]:
+    proc = subprocess.Popen(argv, **popen)
     time.sleep(0.1)  # past exec
     try:
         tree = freeze_tree(proc.pid)
@@ -130,3 +132,22 @@ def test_a_hard_limit_above_ours_keeps_ours(unprivileged: RemoteTask) -> None:
     assert now[resource.RLIMIT_NOFILE] == (hard, hard)  # the soft limit as high as it may go
     assert now[resource.RLIMIT_CORE] == (0, 0)  # the others are set all the same
     assert len(warnings) == 1 and f"hard limit {hard + 1} is above" in warnings[0]
+
+
+def test_memory_that_points_into_itself() -> None:
+    """A Placed argument learns its address: here an iovec, and the bytes it points to."""
+    message = b"from inside"
+
+    def iovec(address: int) -> bytes:
+        return struct.pack("<QQ", address + 16, len(message)) + message
+
+    reader, writer = os.pipe()
+    try:
+        for task in frozen(["sleep", "100"], stdout=writer):
+            call = task.queue(nr.WRITEV, 1, Placed(16 + len(message), iovec), 1, what="writev")
+            task.flush()
+            assert call.value == len(message)
+            assert os.read(reader, 100) == message
+    finally:
+        os.close(reader)
+        os.close(writer)
