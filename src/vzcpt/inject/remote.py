@@ -1,11 +1,11 @@
-"""Running syscalls inside a stopped task, with no code of ours in it.
+"""Running syscalls inside a stopped task, with as little code of ours in it as can be.
 
 The task is stopped (seized). To make it perform syscall N we point its `rip`
 at two bytes `0f 05` (`syscall`) somewhere in its executable memory, put N
 and the arguments in the registers, set `orig_rax` to -1 so the kernel does
 not treat the stop as an interrupted syscall to restart, and single-step:
-the task traps right after the syscall returns, with the result in `rax`.
-Its own registers are put back by `restore_regs()`.
+the task traps right after the syscall returns, with the result in `rax`
+(`call_raw`). Its own registers are put back by `restore_regs()`.
 
 Arguments that point to memory need memory in the task: `scratch` is a
 private mapping we place in it (`map_scratch`) and remove afterwards.
@@ -14,14 +14,15 @@ Batches. A ptrace round trip (registers in, resume, wait for the stop, the
 result out) costs far more than the syscall it carries, and rebuilding a
 process takes dozens of calls. Once the scratch area is mapped, calls are
 therefore *queued* on the task and run together: a 64-byte runner in the
-scratch area walks a table of them, one round trip for all. The rule that
-keeps the order obvious: queued calls run, in the order they were queued,
-before anything else we make the task do (`call`, `call_raw`), before we
-read its memory or put its registers back, and at `flush()`. Code that
-acts on the task from outside (writing its pages from the restorer, say)
-flushes first; work on the task from another thread is waited for
-(`after`). A queued call carries the memory its arguments point to
-(bytes in its argument list), so no later `put` can overwrite it.
+scratch area walks a table of them, one round trip for all (`call` goes
+that way too, with whatever was queued before it). The rule that keeps the
+order obvious: queued calls run, in the order they were queued, before
+anything else we make the task do, before we read its memory or put its
+registers back, and at `flush()`. Code that acts on the task from outside
+(writing its pages from the restorer, say) flushes first; work on the task
+from another thread is waited for (`after`). A queued call carries the
+memory its arguments point to (bytes in its argument list), so no later
+`put` can overwrite it before it runs.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ import ctypes
 import signal
 import struct
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vzcpt.errors import ProcessGone, SyscallFailed, VzcptError
 from vzcpt.kernel import nr, ptrace, vm
 from vzcpt.kernel.ptrace import Regs
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 PROT_READ = 1
 PROT_WRITE = 2
@@ -280,7 +284,7 @@ class RemoteTask:
         """
         queued = [self.queue(n, *args, what=f"{what or 'syscall'} {n}") for n, *args in calls]
         self.flush()
-        return [c.result or 0 for c in queued]  # all ran: a failure would have raised
+        return [c.value for c in queued]
 
     def _run(self, calls: list[Syscall]) -> None:
         """One round trip of the batch runner over `calls` (which fit the table)."""

@@ -34,7 +34,6 @@ from vzcpt.inject.remote import (
     PROT_WRITE,
     Placed,
     RemoteTask,
-    Syscall,
 )
 from vzcpt.kernel import nr, vm
 from vzcpt.kernel.vm import PAGE_SIZE
@@ -345,12 +344,7 @@ def _open_files(task: RemoteTask, mm: MmRecord) -> tuple[int, dict[tuple[str, in
         for path, access in sorted({(v.path, _access(v)) for v in mm.vmas if v.kind == "file"})
     }
     task.flush()
-    return _result(exe), {key: _result(call) for key, call in opened.items()}
-
-
-def _result(call: Syscall) -> int:
-    assert call.result is not None  # it ran, or the flush would have raised
-    return call.result
+    return exe.value, {key: call.value for key, call in opened.items()}
 
 
 def _mmap_call(vma: VmaRecord, fds: dict[tuple[str, int], int], writable: bool) -> tuple[int, ...]:

@@ -195,7 +195,7 @@ def restore_rlimits(
         def keep_ours(failed: Syscall, resource: int = resource, soft: int = soft) -> None:
             got = task.queue(nr.PRLIMIT64, 0, resource, 0, bytes(16), what="prlimit64")
             task.flush()
-            own = int.from_bytes(got.memory[0][8:16], "little")
+            own = got.word(0, 8)  # rlim_max
             task.queue(nr.PRLIMIT64, 0, resource, _rlimit(min(soft, own), own), 0, what="prlimit64")
             warnings.append(
                 f"process {task.tid}: rlimit {resource} hard limit {limits[resource][1]} is "
