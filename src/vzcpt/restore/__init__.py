@@ -223,8 +223,11 @@ def _finish(
         process.restore_creds(task, rec.creds, baseline.creds)
     assert rec.attrs is not None
     process.restore_attrs_after_creds(main, rec.attrs)
-    for task in tasks[1:]:  # before main's dumpable flag (a change of credentials resets
-        task.flush()  # it), and while the batch runner is still mapped
+    # The other threads' queues run first: before main's dumpable flag (a change
+    # of credentials resets it) and while the batch runner is still mapped.
+    # (Their process's pages are in: cloning them ran main's queue.)
+    for task in tasks[1:]:
+        task.flush()
     # Gadget and scratch area (the batch runner's too) in one single step: the
     # syscall instruction unmaps its own page and traps before fetching another.
     main.step(nr.MUNMAP, window[0], 4096 + SCRATCH_SIZE, what="munmap of the gadget and scratch")
