@@ -58,6 +58,7 @@ MADVISE_BY_VMFLAG = {
     "hg": MADV_HUGEPAGE,
     "nh": MADV_NOHUGEPAGE,
 }
+MADVISE_FLAGS = frozenset(MADVISE_BY_VMFLAG)
 
 PARALLEL_PIECE = 16 << 20  # pages written per piece when two threads share the work
 MREMAP_MAYMOVE = 1
@@ -154,7 +155,7 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
         path=e.path,
         offset=e.offset,
         growsdown="gd" in vmflags,
-        madvise=sorted(MADVISE_BY_VMFLAG[f] for f in vmflags if f in MADVISE_BY_VMFLAG),
+        madvise=sorted(MADVISE_BY_VMFLAG[f] for f in vmflags & MADVISE_FLAGS),
     )
     if e.path in SPECIAL:
         vma.kind = e.path.strip("[]")
@@ -226,9 +227,11 @@ class _MmMap(ctypes.Structure):
 
 def check_files(fs_root: str, mm: MmRecord, pid: int) -> None:
     """Refuse before anything runs if a mapped file changed size or vanished."""
+    checked: set[tuple[str, int]] = set()  # a file is mapped several times over
     for vma in mm.vmas:
-        if vma.kind != "file":
+        if vma.kind != "file" or (vma.path, vma.file_size) in checked:
             continue
+        checked.add((vma.path, vma.file_size))
         try:
             size = os.stat(fs_root + vma.path).st_size
         except OSError as exc:
