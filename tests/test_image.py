@@ -8,15 +8,18 @@ import io
 import mmap
 import os
 import stat
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 
 import vzcpt
 from vzcpt.errors import CorruptDump, VzcptError
@@ -529,6 +532,38 @@ def test_header_damage_detected(tmp_path: Path) -> None:
     assert f"corrupted RECORD frame at byte {record_off}" in msg
     assert "unexpected bytes after the END frame" in corrupt(tmp_path, data + b"\0")
     assert "unexpected bytes after the END frame" in corrupt(tmp_path, data + data[16:])
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_check_without_decoding(tmp_path: Path, compress: bool) -> None:
+    """decode=False (a dumper checking its file) still checks every record's
+    checksum, and would accept a record only the decoder refuses."""
+    path = tmp_path / "dump.img"
+    data = dump_bytes(compress)
+    path.write_bytes(data)
+    with open_dump(str(path), decode=False) as img:
+        assert img.records == []
+        assert [(r.owner, r.address, bytes(r.data)) for r in img.pages] == RUNS
+    record_off, kind, stored = frame_offsets(data)[0]
+    assert kind == 1
+    bad = bytearray(data)
+    bad[record_off + 36 + stored // 2] ^= 1
+    path.write_bytes(bad)
+    with pytest.raises(CorruptDump, match=f"corrupted RECORD frame at byte {record_off}"):
+        open_dump(str(path), decode=False)
+
+    # A dump, made by hand, whose one record is of a type nobody registered.
+    def frame(kind: int, payload: bytes) -> bytes:
+        head = struct.pack(
+            "<IIQQQ", kind, 0, len(payload), len(payload), xxhash.xxh3_64_intdigest(payload)
+        )
+        return head + struct.pack("<I", zlib.crc32(head)) + payload
+
+    record = frame(1, b'{"t":"test.image.nobody","v":{}}')
+    path.write_bytes(data[:16] + record + frame(3, struct.pack("<QQQ", 1, 0, 0)))
+    open_dump(str(path), decode=False).close()
+    with pytest.raises(CorruptDump, match="unknown record type 'test.image.nobody'"):
+        open_dump(str(path))
 
 
 def test_wrong_magic_and_version(tmp_path: Path) -> None:

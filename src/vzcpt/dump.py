@@ -33,11 +33,11 @@ from vzcpt import __version__
 from vzcpt.image.stream import DumpWriter, create_dumpfile, open_dump
 from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
-from vzcpt.kernel import vm
+from vzcpt.kernel import nr, vm
 from vzcpt.kernel.libc import start_writeback
 from vzcpt.kernel.probes import vdso_fingerprint
 from vzcpt.proc import files as procfs
-from vzcpt.proc.maps import parse_maps
+from vzcpt.proc.maps import MapEntry
 from vzcpt.proc.stat import parse_stat
 from vzcpt.proc.status import namespace_ids
 from vzcpt.resources import memory, process, signals, thread, timers
@@ -180,11 +180,15 @@ class _BackgroundSync:
 
 
 def _sync_and_verify(out: BinaryIO, dumpfile: str, stats: Stats) -> None:
-    """The dump is on disk and reads back whole, checksums and all."""
+    """The dump is on disk and reads back whole, checksums and all.
+
+    The records are not decoded: what we wrote is what we meant (every record
+    type round-trips in the tests); what can go wrong now is the file.
+    """
     started = time.monotonic()
     out.flush()
     os.fsync(out.fileno())
-    open_dump(dumpfile).close()
+    open_dump(dumpfile, decode=False).close()
     stats.add_time("sync+verify", time.monotonic() - started)
 
 
@@ -258,7 +262,10 @@ def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord
         rec.exit_status = stat.exit_code
         return rec
     tids = tree.threads[pid]
-    main = RemoteTask(tids[0], find_gadget(pid))
+    # Read before our scratch area exists, so the saved layout cannot include
+    # it; nothing we do while the process is frozen maps or unmaps anything else.
+    mappings = memory.read_mappings(pid)
+    main = RemoteTask(tids[0], find_gadget(pid, [entry for entry, _ in mappings]))
     others: list[RemoteTask] = []  # made inside the try: each one blocks its signals
     try:
         for tid in tids[1:]:
@@ -266,21 +273,29 @@ def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord
         main.map_scratch()
         for task in others:
             task.scratch = main.scratch
-        rec.attrs = process.dump_attrs(pid, main)
-        rec.creds = process.dump_creds(pid, main)
-        rec.signals = signals.dump_signals(pid, main)
-        rec.timers = timers.dump_timers(pid, main)
-        rec.threads = [thread.dump_thread(pid, task) for task in [main, *others]]
+        # Every question to the process goes into one batch (one per thread):
+        # each module queues its calls and returns what reads the answers.
+        attrs = process.dump_attrs(pid, main)
+        creds = process.dump_creds(pid, main)
+        sigs = signals.dump_signals(pid, main)
+        tmrs = timers.dump_timers(pid, main)
+        thrs = [thread.dump_thread(pid, task) for task in [main, *others]]
+        brk = main.queue(nr.BRK, 0, what="brk(0)")
+        for task in [main, *others]:
+            task.flush()
+        rec.attrs, rec.creds, rec.signals, rec.timers = attrs(), creds(), sigs(), tmrs()
+        rec.threads = [answer() for answer in thrs]
         for trec in rec.threads:
             trec.tid = ctx.saved_id(trec.tid)
         for timer in rec.timers.posix:
             timer.notify_tid = ctx.saved_id(timer.notify_tid)
         rec.fds = dump_table(ctx, pid)
         main.unmap_scratch()
-        # After our scratch area is gone: the saved layout must not include it.
-        rec.mm = memory.dump_mm(ctx, pid, main)
+        rec.mm = memory.dump_mm(ctx, pid, mappings, brk.value)
         ctx.stats.threads += len(tids)
     finally:
+        for task in [main, *others]:
+            task.pending.clear()  # after a failure: what was not asked yet never will be
         if main.scratch:
             main.unmap_scratch()
         for task in [main, *others]:
@@ -288,9 +303,8 @@ def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord
     return rec
 
 
-def find_gadget(pid: int) -> int:
+def find_gadget(pid: int, maps: list[MapEntry]) -> int:
     """The address of a `syscall` instruction in the task: the vDSO has several."""
-    maps = parse_maps(procfs.read(pid, "maps"))
     ordered = sorted(maps, key=lambda e: (e.path != "[vdso]", not e.executable))
     for entry in ordered:
         if not entry.executable or not entry.readable:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vzcpt.cli.common import ProgressLine, print_stats, run
+from vzcpt.cli.common import ProgressLine, exit_at_once, print_stats, run
 from vzcpt.resources.context import Stats
 
 
@@ -70,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run("vzcpt", lambda: _dispatch(args))
+    code = run("vzcpt", lambda: _dispatch(args))
+    if argv is None:  # the program itself, not a caller in Python
+        exit_at_once(code)
+    return code
 
 
 def _dispatch(args: argparse.Namespace) -> int:

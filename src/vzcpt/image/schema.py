@@ -26,6 +26,7 @@ import binascii
 import dataclasses
 import enum
 import json
+import operator
 import threading
 import types
 import typing
@@ -36,7 +37,7 @@ from vzcpt.errors import CorruptDump
 
 T = TypeVar("T")
 
-_Decoder = Callable[[Any, str], Any]
+_Decoder = Callable[[Any], Any]
 
 _REGISTRY: dict[str, type] = {}
 _DECODERS: dict[Any, _Decoder] = {}
@@ -68,6 +69,8 @@ def record(tag: str) -> Callable[[type[T]], type[T]]:
         _REGISTRY[tag] = cls
         _DECODERS.pop(old, None)
         _INIT_FIELDS.pop(cls, None)
+        _ENCODERS.pop(cls, None)
+        _FIELDS.pop(cls, None)
         setattr(cls, "__record_tag__", tag)  # noqa: B010 - mypy rejects new attrs on type
         return cls
 
@@ -92,6 +95,42 @@ def _init_fields(cls: type) -> tuple[str, ...]:
     return names
 
 
+# Values JSON takes as they are. Exact types: a bool or an enum is a
+# subclass of int or str, and an enum is stored as its value.
+_SCALARS = frozenset({int, str, float, bool, type(None)})
+_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
+def _dataclass_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """An encoder for instances of `cls`, made once per class.
+
+    A dump holds records by the thousand (one per mapping of a process):
+    the field values are fetched by one attrgetter and only those that are
+    not plain scalars go through to_jsonable.
+    """
+    known = _ENCODERS.get(cls)
+    if known is not None:
+        return known
+    names = _init_fields(cls)
+    fetch = _getter(names)
+
+    def enc(obj: Any) -> dict[str, Any]:
+        return {
+            name: value if type(value) in _SCALARS else to_jsonable(value)
+            for name, value in zip(names, fetch(obj), strict=True)
+        }
+
+    _ENCODERS[cls] = enc
+    return enc
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """Fetches the named attributes of an object as a tuple (in C when there are several)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    return lambda obj: tuple(getattr(obj, name) for name in names)
+
+
 def _key(k: object) -> str:
     if isinstance(k, enum.Enum):
         k = k.value
@@ -102,12 +141,18 @@ def _key(k: object) -> str:
 
 def to_jsonable(obj: object) -> Any:
     """Turn a record (or any supported value) into plain JSON data."""
+    cls = type(obj)
+    if cls in _SCALARS:
+        return obj
+    enc = _ENCODERS.get(cls)
+    if enc is not None:
+        return enc(obj)
     if obj is None or isinstance(obj, bool | int | float | str):
         if isinstance(obj, enum.Enum):  # IntEnum / StrEnum are ints / strs too
             return to_jsonable(obj.value)
         return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {name: to_jsonable(getattr(obj, name)) for name in _init_fields(type(obj))}
+        return _dataclass_encoder(cls)(obj)
     if isinstance(obj, list | tuple):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, dict):
@@ -130,20 +175,69 @@ def encode(obj: object) -> bytes:
     tag = getattr(cls, "__record_tag__", None)
     if tag is None or _REGISTRY.get(tag) is not cls:
         raise TypeError(f"{cls.__qualname__} is not a registered record (use @record)")
-    data = {"t": tag, "v": to_jsonable(obj)}
     # ensure_ascii: names from /proc may hold undecodable bytes kept as lone
     # surrogates (os.fsdecode); escaped, they survive the trip, raw UTF-8 cannot.
-    return json.dumps(data, separators=(",", ":")).encode("ascii")
+    return json.dumps({"t": tag, "v": obj}, separators=(",", ":"), default=_json_default).encode(
+        "ascii"
+    )
+
+
+def _json_default(obj: object) -> Any:
+    """What json's encoder cannot write itself: records, bytes, sets, enums.
+
+    It writes scalars, lists, tuples and dicts in C, exactly as to_jsonable
+    has them, and calls this for the rest. A record whose fields hold a dict
+    goes through to_jsonable, which checks the keys; any other becomes a
+    dict of its fields as they are, for json to walk on.
+    """
+    fields = _FIELDS.get(type(obj))
+    if fields is None:
+        if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+            return to_jsonable(obj)
+        names = _init_fields(type(obj))
+        fields = _FIELDS[type(obj)] = (names, _getter(names))
+    names, fetch = fields
+    values = fetch(obj)
+    if dict in set(map(type, values)):
+        return to_jsonable(obj)
+    return dict(zip(names, values, strict=True))
+
+
+# Per record class: its init fields, and what fetches them all at once.
+_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 # ---------------------------------------------------------------- decoding
 
 
-def _fail(where: str, want: str, value: Any) -> CorruptDump:
+class _Mismatch(Exception):
+    """A value that does not fit its type, deep inside a record.
+
+    Its place ("vmas[3].start") is assembled only when it happens, on the
+    way out: the containers it passes add their part. Decoding a dump of
+    thousands of records must not spend its time formatting places.
+    """
+
+    def __init__(self, problem: str, subject: str = "value") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.subject = subject  # named when the place is empty
+        self.place: list[str] = []  # innermost first
+
+    def at(self, part: str) -> _Mismatch:
+        self.place.append(part)
+        return self
+
+    def corrupt(self) -> CorruptDump:
+        where = "".join(reversed(self.place)).lstrip(".")
+        return CorruptDump(f"{where or self.subject}: {self.problem}")
+
+
+def _fail(want: str, value: Any) -> _Mismatch:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return CorruptDump(f"{where or 'value'}: expected {want}, found {shown}")
+    return _Mismatch(f"expected {want}, found {shown}")
 
 
 def _decoder(tp: Any) -> _Decoder:
@@ -169,76 +263,85 @@ def _decoder(tp: Any) -> _Decoder:
 
 
 def _scalar(kind: type, name: str) -> _Decoder:
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         if type(v) is not kind:  # bool is an int subclass: be exact
-            raise _fail(where, name, v)
+            raise _fail(name, v)
         return v
 
     return dec
 
 
-def _dec_float(v: Any, where: str) -> float:
+def _dec_float(v: Any) -> float:
     if type(v) not in (float, int):
-        raise _fail(where, "a number", v)
+        raise _fail("a number", v)
     return float(v)
 
 
-def _dec_any(v: Any, where: str) -> Any:
+def _dec_any(v: Any) -> Any:
     return v
 
 
-def _dec_none(v: Any, where: str) -> None:
+def _dec_none(v: Any) -> None:
     if v is not None:
-        raise _fail(where, "null", v)
+        raise _fail("null", v)
 
 
 def _compile_bytes(kind: type) -> _Decoder:
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         if not (isinstance(v, dict) and len(v) == 1 and isinstance(v.get("$b"), str)):
-            raise _fail(where, 'bytes ({"$b": base64})', v)
+            raise _fail('bytes ({"$b": base64})', v)
         try:
             return kind(base64.b64decode(v["$b"], validate=True))
         except (binascii.Error, ValueError):
-            raise _fail(where, "valid base64", v["$b"]) from None
+            raise _fail("valid base64", v["$b"]) from None
 
     return dec
 
 
 def _compile_enum(tp: type[enum.Enum]) -> _Decoder:
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         try:
             return tp(v)
         except (ValueError, TypeError):
-            raise _fail(where, f"a {tp.__name__} value", v) from None
+            raise _fail(f"a {tp.__name__} value", v) from None
 
     return dec
 
 
 def _compile_union(args: tuple[Any, ...]) -> _Decoder:
-    decs = [(_decoder(a), a) for a in args if a is not type(None)]
+    decs = [_decoder(a) for a in args if a is not type(None)]
     nullable = len(decs) != len(args)
     names = " | ".join(getattr(a, "__name__", str(a)) for a in args)
 
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         if v is None and nullable:
             return None
-        for d, _ in decs:
+        for d in decs:
             try:
-                return d(v, where)
-            except CorruptDump:
+                return d(v)
+            except _Mismatch:
                 continue
-        raise _fail(where, names, v)
+        raise _fail(names, v)
 
     return dec
 
 
 def _compile_seq(item: Any, kind: Callable[[list[Any]], Any], name: str) -> _Decoder:
     di = _decoder(item)
+    exact = item if item in _EXACT else None
 
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         if type(v) is not list:
-            raise _fail(where, name, v)
-        return kind([di(x, f"{where}[{i}]") for i, x in enumerate(v)])
+            raise _fail(name, v)
+        if exact is not None and all(type(x) is exact for x in v):
+            return kind(v)  # a list of plain ints or strings: nothing to convert
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(di(x))
+            except _Mismatch as e:
+                raise e.at(f"[{i}]") from None
+        return kind(out)
 
     return dec
 
@@ -250,10 +353,16 @@ def _compile_tuple(args: tuple[Any, ...]) -> _Decoder:
         args = ()
     decs = [_decoder(a) for a in args]
 
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         if type(v) is not list or len(v) != len(decs):
-            raise _fail(where, f"a list of {len(decs)} items", v)
-        return tuple(d(x, f"{where}[{i}]") for i, (d, x) in enumerate(zip(decs, v, strict=True)))
+            raise _fail(f"a list of {len(decs)} items", v)
+        out = []
+        for i, (d, x) in enumerate(zip(decs, v, strict=True)):
+            try:
+                out.append(d(x))
+            except _Mismatch as e:
+                raise e.at(f"[{i}]") from None
+        return tuple(out)
 
     return dec
 
@@ -273,63 +382,80 @@ def _compile_dict(kt: Any, vt: Any) -> _Decoder:
     dk = _key_decoder(kt)
     dv = _decoder(vt)
 
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         if type(v) is not dict:
-            raise _fail(where, "an object", v)
+            raise _fail("an object", v)
         out = {}
         for k, x in v.items():
             try:
                 key = dk(k)
             except (ValueError, KeyError):
-                raise _fail(where, f"keys of type {getattr(kt, '__name__', kt)}", k) from None
-            out[key] = dv(x, f"{where}[{k!r}]")
+                raise _fail(f"keys of type {getattr(kt, '__name__', kt)}", k) from None
+            try:
+                out[key] = dv(x)
+            except _Mismatch as e:
+                raise e.at(f"[{k!r}]") from None
         return out
 
     return dec
 
 
+# Declared types whose JSON value is the value itself: checked inline.
+_EXACT = frozenset({int, str, bool})
+
+
 def _compile_dataclass(cls: type) -> _Decoder:
     # Registered before its fields compile, so a record that contains
     # itself (a tree of processes) compiles.
-    fields: list[tuple[str, _Decoder]] = []
+    fields: list[tuple[str, type | None, _Decoder]] = []  # name, exact JSON type, decoder
     required: set[str] = set()
 
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         if type(v) is not dict:
-            raise _fail(where, f"a {cls.__name__} object", v)
+            raise _fail(f"a {cls.__name__} object", v)
         kwargs = {}
-        for name, d in fields:
+        for name, exact, d in fields:
             if name in v:
-                kwargs[name] = d(v[name], f"{where}.{name}" if where else name)
+                x = v[name]
+                try:
+                    if exact is None:
+                        x = d(x)
+                    elif type(x) is not exact:
+                        raise _fail(exact.__name__, x)
+                except _Mismatch as e:
+                    raise e.at(f".{name}") from None
+                kwargs[name] = x
             elif name in required:
-                raise CorruptDump(f"{where or cls.__name__}: missing field {name!r}")
+                raise _Mismatch(f"missing field {name!r}", cls.__name__)
         if len(kwargs) != len(v):
             extra = sorted(set(v) - set(kwargs))
-            raise CorruptDump(
-                f"{where or cls.__name__}: unknown field(s) {', '.join(extra)} "
-                f"for {cls.__name__} (dump from a newer vzcpt?)"
+            raise _Mismatch(
+                f"unknown field(s) {', '.join(extra)} for {cls.__name__} "
+                "(dump from a newer vzcpt?)",
+                cls.__name__,
             )
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
-            raise CorruptDump(f"{where or cls.__name__}: invalid {cls.__name__}: {e}") from None
+            raise _Mismatch(f"invalid {cls.__name__}: {e}", cls.__name__) from None
 
     _BUILDING[cls] = dec
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        fields.append((f.name, _decoder(hints[f.name])))
+        tp = hints[f.name]
+        fields.append((f.name, tp if tp in _EXACT else None, _decoder(tp)))
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.add(f.name)
     return dec
 
 
 def _compile_literal(args: tuple[Any, ...]) -> _Decoder:
-    def dec(v: Any, where: str) -> Any:
+    def dec(v: Any) -> Any:
         # Exact type too: Literal[1] must not accept True.
         if not any(type(v) is type(a) and v == a for a in args):
-            raise _fail(where, f"one of {args}", v)
+            raise _fail(f"one of {args}", v)
         return v
 
     return dec
@@ -369,7 +495,10 @@ def _compile(tp: Any) -> _Decoder:
 
 def from_jsonable(tp: Any, value: Any) -> Any:
     """Rebuild a value of type `tp` from JSON data; CorruptDump if it does not fit."""
-    return _decoder(tp)(value, "")
+    try:
+        return _decoder(tp)(value)
+    except _Mismatch as e:
+        raise e.corrupt() from None
 
 
 def decode(data: bytes) -> object:
@@ -384,6 +513,6 @@ def decode(data: bytes) -> object:
     if cls is None:
         raise CorruptDump(f"unknown record type {doc['t']!r} (dump from a newer vzcpt?)")
     try:
-        return _decoder(cls)(doc["v"], "")
-    except CorruptDump as e:
-        raise CorruptDump(f"record {doc['t']!r}: {e}") from None
+        return _decoder(cls)(doc["v"])
+    except _Mismatch as e:
+        raise CorruptDump(f"record {doc['t']!r}: {e.corrupt()}") from None

@@ -375,22 +375,27 @@ def _pages_by_owner(pages: list[PageRun]) -> dict[int, list[PageRun]]:
     return by_owner
 
 
-def open_dump(path: str) -> DumpImage:
+def open_dump(path: str, *, decode: bool = True) -> DumpImage:
     """Open and validate a whole dump ("-" reads stdin) before anything uses it.
 
     A truncated, corrupted or foreign file raises CorruptDump naming the byte
     offset of the problem, so a restore never starts from a bad dump.
+
+    With decode=False the records are checked (checksums, sizes) but not
+    decoded, and the image has none: enough to know that a dump just
+    written is whole on disk, at a fraction of the cost for thousands of
+    records.
     """
     if path == "-":
         # At run time stdin's buffer is a BufferedReader; typeshed says BinaryIO.
-        return _load("standard input", cast(_Source, sys.stdin.buffer))
+        return _load("standard input", cast(_Source, sys.stdin.buffer), decode)
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below, the mapping outlives it
     except OSError as e:
         cls = AccessDenied if e.errno in (errno.EACCES, errno.EPERM) else VzcptError
         raise cls(f"cannot open dump file {path}: {e.strerror}") from None
     with f:
-        return _load(path, f)
+        return _load(path, f, decode)
 
 
 class _Source(Protocol):
@@ -401,7 +406,7 @@ class _Source(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
-def _load(name: str, f: _Source) -> DumpImage:
+def _load(name: str, f: _Source, decode: bool) -> DumpImage:
     buffer = _map_file(f)
     if buffer is None:
         buffer = _read_stream(name, f)
@@ -410,7 +415,7 @@ def _load(name: str, f: _Source) -> DumpImage:
     base = memoryview(buffer)
     views = [base]
     try:
-        version, records, pages = _Validator(name, base, views).run()
+        version, records, pages = _Validator(name, base, views, decode).run()
     except BaseException:
         for v in views:
             v.release()
@@ -489,8 +494,11 @@ def _hugepages(buffer: mmap.mmap) -> None:
 class _Validator:
     """Walks every frame once: header crc, payload checksum, decompression, END."""
 
-    def __init__(self, name: str, data: memoryview, views: list[memoryview]) -> None:
+    def __init__(
+        self, name: str, data: memoryview, views: list[memoryview], decode: bool = True
+    ) -> None:
         self.name = name
+        self.decode = decode
         self.data = data
         self.views = views
         self.dctx = zstandard.ZstdDecompressor()
@@ -533,7 +541,9 @@ class _Validator:
             if end > size:
                 raise self.truncated()
             payload = self.payload(off, kind, flags, stored_len, raw_len, checksum, start, end)
-            if kind == KIND_RECORD:
+            if kind == KIND_RECORD and not self.decode:
+                payload.release()
+            elif kind == KIND_RECORD:
                 try:
                     records.append(schema.decode(bytes(payload)))
                 except CorruptDump as e:

@@ -14,12 +14,11 @@ import ctypes
 import socket
 
 from vzcpt.errors import VzcptError
-from vzcpt.inject.remote import RemoteTask
+from vzcpt.inject.remote import Placed, RemoteTask
 from vzcpt.kernel import nr
 
 SCM_MAX_FD = 253
 MSG_CMSG_CLOEXEC = 0x40000000
-_AREA = 40 * 1024  # where in the scratch area the message is built
 
 
 class _MsgHdr(ctypes.Structure):
@@ -58,17 +57,24 @@ class FdChannel:
 
     def _receive(self, task: RemoteTask, count: int) -> list[int]:
         control_len = 16 + 4 * count + 8  # cmsghdr + ints, rounded up
-        base = task.scratch + _AREA
-        iov = _IoVec(base + 128, 1)
-        msg = _MsgHdr(0, 0, 0, base + 64, 1, base + 256, control_len, 0, 0)
-        task.put(_AREA, bytes(msg))
-        task.put(_AREA + 64, bytes(iov))
-        got = task.call(
-            nr.RECVMSG, self.remote_fd, base, MSG_CMSG_CLOEXEC, what="recvmsg of passed descriptors"
+
+        def message(base: int) -> bytes:
+            """struct msghdr at base, its iovec at +64 for one byte at +128, control at +256."""
+            msg = _MsgHdr(0, 0, 0, base + 64, 1, base + 256, control_len, 0, 0)
+            iov = _IoVec(base + 128, 1)
+            return bytes(msg).ljust(64, b"\0") + bytes(iov).ljust(192, b"\0") + bytes(control_len)
+
+        call = task.queue(
+            nr.RECVMSG,
+            self.remote_fd,
+            Placed(256 + control_len, message),
+            MSG_CMSG_CLOEXEC,
+            what="recvmsg of passed descriptors",
         )
-        if got != 1:
-            raise VzcptError(f"task {task.tid}: descriptor passing returned {got}")
-        control = task.get(_AREA + 256, control_len)
+        task.flush()  # with whatever was queued before: one round trip
+        if call.value != 1:
+            raise VzcptError(f"task {task.tid}: descriptor passing returned {call.value}")
+        control = call.memory[0][256:]
         length = int.from_bytes(control[:8], "little")
         fds = (length - 16) // 4
         if fds != count:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -114,12 +115,18 @@ class RestoreContext:
     # The network namespace the programs' sockets are made in (/proc/PID/ns/net
     # of a process in the VE), or "" for ours.
     netns: str = ""
+    # Threads that write the processes' pages while this one goes on
+    # rebuilding (resources/memory.py).
+    page_writers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="pages")
+    )
 
     def host_path(self, path: str) -> str:
         """The path by which the restorer reaches a file the programs name `path`."""
         return self.fs_root + path
 
     def close(self) -> None:
+        self.page_writers.shutdown(wait=True)  # they use the image and the descriptors
         for fd in set(self.local_fds.values()):
             with contextlib.suppress(OSError):
                 os.close(fd)

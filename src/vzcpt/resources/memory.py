@@ -1,6 +1,6 @@
 """The address space: mappings, their pages, and the mm fields of prctl(PR_SET_MM_MAP).
 
-Kernel interfaces: /proc/PID/maps and smaps (VmFlags) list the mappings;
+Kernel interfaces: /proc/PID/smaps lists the mappings with their VmFlags;
 /proc/PID/pagemap tells which pages are present, swapped, file-backed or the
 shared zero page; process_vm_readv/writev move the pages; shared memory
 (MAP_SHARED|MAP_ANONYMOUS, System V shm) is read through
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vzcpt.errors import FileChanged, KernelMismatch, Unsupported
@@ -33,13 +32,14 @@ from vzcpt.inject.remote import (
     PROT_EXEC,
     PROT_READ,
     PROT_WRITE,
+    Placed,
     RemoteTask,
 )
 from vzcpt.kernel import nr, vm
 from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
 from vzcpt.proc.auxv import parse_auxv
-from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps_flags
+from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps
 from vzcpt.proc.stat import parse_stat
 from vzcpt.resources import pages, shmem
 from vzcpt.resources.context import DumpContext, RestoreContext
@@ -58,6 +58,7 @@ MADVISE_BY_VMFLAG = {
     "hg": MADV_HUGEPAGE,
     "nh": MADV_NOHUGEPAGE,
 }
+MADVISE_FLAGS = frozenset(MADVISE_BY_VMFLAG)
 
 PARALLEL_PIECE = 16 << 20  # pages written per piece when two threads share the work
 MREMAP_MAYMOVE = 1
@@ -104,17 +105,22 @@ class MmRecord:
 # ---------------------------------------------------------------- dump
 
 
-def dump_mm(ctx: DumpContext, pid: int, task: RemoteTask) -> MmRecord:
-    maps = parse_maps(procfs.read(pid, "maps"))
-    flags = parse_smaps_flags(procfs.read(pid, "smaps"))
+def read_mappings(pid: int) -> list[tuple[MapEntry, frozenset[str]]]:
+    """The mappings of a process with their VmFlags: smaps has both, so it is read alone."""
+    return parse_smaps(procfs.read(pid, "smaps"))
+
+
+def dump_mm(
+    ctx: DumpContext, pid: int, mappings: list[tuple[MapEntry, frozenset[str]]], brk: int
+) -> MmRecord:
+    """Save the address space; `mappings` (read_mappings) must not include our
+    scratch area; `brk` is what brk(0) returned in the process."""
     stat = parse_stat(procfs.read(pid, "stat"))
-    brk = task.call(nr.BRK, 0, what="brk(0)")
     auxv = [v for pair in parse_auxv(procfs.read(pid, "auxv")) for v in pair]
     vmas = []
-    for entry in maps:
-        if entry.path == "[vsyscall]":
-            continue
-        vmas.append(_vma_record(ctx, pid, entry, flags.get(entry.start, frozenset())))
+    for entry, vmflags in mappings:
+        if entry.path != "[vsyscall]":
+            vmas.append(_vma_record(ctx, pid, entry, vmflags))
     pages.dump_private_pages(ctx, pid, [v for v in vmas if _has_own_pages(v)])
     return MmRecord(
         start_code=stat.startcode,
@@ -149,7 +155,7 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
         path=e.path,
         offset=e.offset,
         growsdown="gd" in vmflags,
-        madvise=sorted(MADVISE_BY_VMFLAG[f] for f in vmflags if f in MADVISE_BY_VMFLAG),
+        madvise=sorted(MADVISE_BY_VMFLAG[f] for f in vmflags & MADVISE_FLAGS),
     )
     if e.path in SPECIAL:
         vma.kind = e.path.strip("[]")
@@ -173,8 +179,18 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
         )
     else:
         vma.kind = "file"
-        vma.file_size = procfs.stat(pid, f"map_files/{e.start:x}-{e.end:x}").st_size
+        vma.file_size = _file_size(ctx, pid, e)
     return vma
+
+
+def _file_size(ctx: DumpContext, pid: int, e: MapEntry) -> int:
+    """The size of a mapped file, asked once per file of the dump (a tree maps
+    the same libraries many times over)."""
+    sizes: dict[tuple[tuple[int, int], int], int] = ctx.shared.setdefault("file-sizes", {})
+    key = (e.dev, e.inode)
+    if key not in sizes:
+        sizes[key] = procfs.stat(pid, f"map_files/{e.start:x}-{e.end:x}").st_size
+    return sizes[key]
 
 
 def _has_own_pages(vma: VmaRecord) -> bool:
@@ -211,9 +227,11 @@ class _MmMap(ctypes.Structure):
 
 def check_files(fs_root: str, mm: MmRecord, pid: int) -> None:
     """Refuse before anything runs if a mapped file changed size or vanished."""
+    checked: set[tuple[str, int]] = set()  # a file is mapped several times over
     for vma in mm.vmas:
-        if vma.kind != "file":
+        if vma.kind != "file" or (vma.path, vma.file_size) in checked:
             continue
+        checked.add((vma.path, vma.file_size))
         try:
             size = os.stat(fs_root + vma.path).st_size
         except OSError as exc:
@@ -237,19 +255,19 @@ def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) ->
     scratch; the saved brk, stack, argv/env, auxv and exe link are set.
     """
     _place_specials(task, mm, ctx.stub_specials)
-    # Now, while no file is mapped: the kernel refuses a new exe link (EBUSY)
+    exe_fd, fds = _open_files(task, mm)
+    # Before any file is mapped: the kernel refuses a new exe link (EBUSY)
     # while the old exe file is still mapped, and the stub's exe (our Python)
     # may be the very file the saved process maps.
-    _set_mm_map(task, mm)
+    _set_mm_map(task, mm, exe_fd)
     runs = ctx.image.pages_of(pid)
     filled = _vmas_with_pages(mm.vmas, [(r.address, len(r.data)) for r in runs])
-    fds = _open_mapped_files(task, mm.vmas)
-    # Mappings never overlap: order does not matter, and one batch makes them all.
-    task.batch(
-        [_mmap_call(v, fds, v.start in filled) for v in mm.vmas if v.kind in ("anon", "file")],
-        what="mmap",
-    )
-    task.batch([(nr.CLOSE, fd) for fd in fds.values()], what="close")
+    # Mappings never overlap: order does not matter, and they all go in one batch.
+    for vma in mm.vmas:
+        if vma.kind in ("anon", "file"):
+            task.queue(*_mmap_call(vma, fds, vma.start in filled), what=f"mmap at {vma.start:#x}")
+    for fd in fds.values():
+        task.queue(nr.CLOSE, fd, what="close of a mapped file")
     for vma in mm.vmas:
         if vma.kind in ("shmem", "sysv"):
             shmem.map_shared(
@@ -262,41 +280,39 @@ def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) ->
             )
         elif vma.kind not in ("anon", "file", "vdso", "vvar", "vvar_vclock"):
             raise Unsupported(f"process {pid}: cannot restore a mapping of kind {vma.kind}")
-    _write_pages(task.tid, runs)
+    task.flush()  # every mapping exists before its pages are written from outside
+    _write_pages(ctx, task, runs)
     ctx.stats.pages += sum(len(r.data) for r in runs) // PAGE_SIZE
     ctx.stats.bytes += sum(len(r.data) for r in runs)
     ctx.stats.progress(f"restoring memory of {pid}")
-    task.batch(
-        [
-            (nr.MPROTECT, v.start, v.end - v.start, v.prot)
-            for v in mm.vmas
-            if v.start in filled and not v.prot & PROT_WRITE
-        ],
-        what="mprotect",
-    )
+    # Queued: they run with the process's next batch, once the pages are in.
     for vma in mm.vmas:
+        if vma.start in filled and not vma.prot & PROT_WRITE:
+            task.queue(nr.MPROTECT, vma.start, vma.end - vma.start, vma.prot, what="mprotect")
         for advice in vma.madvise:  # best effort: THP advice fails where THP is off
-            task.call_raw(nr.MADVISE, vma.start, vma.end - vma.start, advice)
+            task.queue(
+                nr.MADVISE, vma.start, vma.end - vma.start, advice, what="madvise", may_fail=True
+            )
 
 
-def _write_pages(tid: int, runs: list[PageRun]) -> None:
-    """Write the saved pages into the task, split over two threads.
+def _write_pages(ctx: RestoreContext, task: RemoteTask, runs: list[PageRun]) -> None:
+    """Start writing the saved pages into the task; its next batch waits for them.
 
-    Most of the time goes to faulting in the task's fresh memory; with the
-    GIL released during process_vm_writev, two threads fault on two cores.
+    Most of the time goes to faulting in the task's fresh memory. The page
+    writer threads do that (the GIL is released in process_vm_writev) on
+    the other core while this thread goes on rebuilding the next processes;
+    a large amount is split between both threads.
     """
     pieces = [
         (run.address + off, run.data[off : off + PARALLEL_PIECE])
         for run in runs
         for off in range(0, len(run.data), PARALLEL_PIECE)
     ]
-    if sum(len(d) for _, d in pieces) < 2 * PARALLEL_PIECE:
-        vm.write_runs(tid, pieces)
+    if not pieces:
         return
-    with ThreadPoolExecutor(max_workers=1) as helper:
-        other = helper.submit(vm.write_runs, tid, pieces[1::2])
-        vm.write_runs(tid, pieces[0::2])
-        other.result()
+    halves = [pieces] if len(pieces) < 2 else [pieces[0::2], pieces[1::2]]
+    for half in halves:
+        task.after(ctx.page_writers.submit(vm.write_runs, task.tid, half))
 
 
 def _vmas_with_pages(vmas: list[VmaRecord], runs: list[tuple[int, int]]) -> set[int]:
@@ -318,22 +334,20 @@ def _access(vma: VmaRecord) -> int:
     return os.O_RDWR if vma.shared and vma.prot & PROT_WRITE else os.O_RDONLY
 
 
-def _open_mapped_files(task: RemoteTask, vmas: list[VmaRecord]) -> dict[tuple[str, int], int]:
-    """Open each mapped file once in the task (batched); return its descriptors."""
-    wanted = sorted({(v.path, _access(v)) for v in vmas if v.kind == "file"})
-    fds: dict[tuple[str, int], int] = {}
-    while wanted:
-        calls, offset, chunk = [], 0, []
-        while wanted and offset + len(wanted[0][0]) + 1 <= 60 * 1024:
-            path, access = wanted.pop(0)
-            address = task.put(offset, path.encode() + b"\0")
-            offset += len(path.encode()) + 1
-            calls.append((nr.OPEN, address, access | os.O_CLOEXEC, 0))
-            chunk.append((path, access))
-        if not calls:
-            raise Unsupported(f"a mapped file's path is too long: {wanted[0][0][:80]}...")
-        fds.update(zip(chunk, task.batch(calls, what="open of a mapped file"), strict=True))
-    return fds
+def _open_files(task: RemoteTask, mm: MmRecord) -> tuple[int, dict[tuple[str, int], int]]:
+    """Open the exe and each mapped file once, in the task, in one batch; return
+    the exe's descriptor and those of the mapped files."""
+    exe = task.queue(
+        nr.OPEN, mm.exe.encode() + b"\0", os.O_RDONLY | os.O_CLOEXEC, 0, what=f"open {mm.exe}"
+    )
+    opened = {
+        (path, access): task.queue(
+            nr.OPEN, path.encode() + b"\0", access | os.O_CLOEXEC, 0, what=f"open {path}"
+        )
+        for path, access in sorted({(v.path, _access(v)) for v in mm.vmas if v.kind == "file"})
+    }
+    task.flush()
+    return exe.value, {key: call.value for key, call in opened.items()}
 
 
 def _mmap_call(vma: VmaRecord, fds: dict[tuple[str, int], int], writable: bool) -> tuple[int, ...]:
@@ -376,53 +390,56 @@ def empty_address_space(task: RemoteTask, window: tuple[int, int]) -> dict[str, 
 def _place_specials(task: RemoteTask, mm: MmRecord, parked: dict[str, tuple[int, int]]) -> None:
     """Move the parked vDSO and its data pages to where they were at checkpoint."""
     saved = {f"[{v.kind}]": v for v in mm.vmas if v.kind in ("vdso", "vvar", "vvar_vclock")}
-    calls: list[tuple[int, ...]] = []
     for name, (address, size) in parked.items():
         target = saved.get(name)
         if target is None:
-            calls.append((nr.MUNMAP, address, size))
+            task.queue(nr.MUNMAP, address, size, what=f"munmap of {name}")
         elif target.end - target.start != size:
             raise KernelMismatch(
                 f"{name} is {size} bytes here but was {target.end - target.start} at checkpoint"
             )
         else:
-            calls.append(
-                (nr.MREMAP, address, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target.start)
+            flags = MREMAP_MAYMOVE | MREMAP_FIXED
+            task.queue(
+                nr.MREMAP, address, size, size, flags, target.start, what=f"mremap of {name}"
             )
-    task.batch(calls, what="placing the vDSO")
 
 
-def _set_mm_map(task: RemoteTask, mm: MmRecord) -> None:
+def _set_mm_map(task: RemoteTask, mm: MmRecord, exe_fd: int) -> None:
+    """Queue prctl(PR_SET_MM_MAP): the saved mm fields, auxv and exe link."""
     auxv = b"".join(v.to_bytes(8, "little") for v in mm.auxv) + bytes(16)
-    auxv_addr = task.put(1024, auxv)
-    exe = task.put(512, mm.exe.encode() + b"\0")
-    exe_fd = task.call(nr.OPEN, exe, os.O_RDONLY | os.O_CLOEXEC, 0, what=f"open {mm.exe}")
-    fields = _MmMap(
-        mm.start_code,
-        mm.end_code,
-        mm.start_data,
-        mm.end_data,
-        mm.start_brk,
-        mm.brk,
-        mm.start_stack,
-        mm.arg_start,
-        mm.arg_end,
-        mm.env_start,
-        mm.env_end,
-        auxv_addr,
-        len(auxv),
-        exe_fd,
-    )
-    address = task.put(0, fields)
-    try:
-        task.call(
-            nr.PRCTL,
-            PR_SET_MM,
-            PR_SET_MM_MAP,
-            address,
-            ctypes.sizeof(fields),
-            0,
-            what="prctl(PR_SET_MM_MAP)",
+    size = ctypes.sizeof(_MmMap)
+
+    def fields(address: int) -> bytes:  # the struct, then the auxv it points to
+        return (
+            bytes(
+                _MmMap(
+                    mm.start_code,
+                    mm.end_code,
+                    mm.start_data,
+                    mm.end_data,
+                    mm.start_brk,
+                    mm.brk,
+                    mm.start_stack,
+                    mm.arg_start,
+                    mm.arg_end,
+                    mm.env_start,
+                    mm.env_end,
+                    address + size,
+                    len(auxv),
+                    exe_fd,
+                )
+            )
+            + auxv
         )
-    finally:
-        task.call(nr.CLOSE, exe_fd, what="close")
+
+    task.queue(
+        nr.PRCTL,
+        PR_SET_MM,
+        PR_SET_MM_MAP,
+        Placed(size + len(auxv), fields),
+        size,
+        0,
+        what="prctl(PR_SET_MM_MAP)",
+    )
+    task.queue(nr.CLOSE, exe_fd, what="close of the exe")

@@ -101,11 +101,12 @@ def _store(ctx: DumpContext, pid: int, ranges: list[tuple[int, int]], buf: memor
 
 
 def _buffer(ctx: DumpContext, which: int, length: int) -> memoryview:
-    """One of our two reusable page buffers."""
+    """One of our two reusable page buffers, as large as the largest batch so far
+    (its every page is faulted in when it is made: no larger than needed)."""
     key = ("page-buffer", which)
     buf = ctx.shared.get(key)
     if buf is None or len(buf) < length:
-        buf = bytearray(max(length, BATCH_BYTES))
+        buf = bytearray(length)
         ctx.shared[key] = buf
     return memoryview(buf)[:length]
 

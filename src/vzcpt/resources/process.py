@@ -13,9 +13,10 @@ need privileges the restored program may not have).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vzcpt.inject.remote import RemoteTask, errno_of
+from vzcpt.inject.remote import RemoteTask, Syscall
 from vzcpt.kernel import nr
 from vzcpt.kernel.libc import own_personality, own_securebits
 from vzcpt.proc import files as procfs
@@ -69,9 +70,11 @@ class ProcessAttrs:
     rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
-def dump_creds(pid: int, task: RemoteTask) -> Creds:
+def dump_creds(pid: int, task: RemoteTask) -> Callable[[], Creds]:
+    """Queue the questions; the function returned reads the answers once they ran."""
     st = parse_status(procfs.read(pid, "status"))
-    return Creds(
+    securebits = task.queue(nr.PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0, what="PR_GET_SECUREBITS")
+    return lambda: Creds(
         uids=st.uid,
         gids=st.gid,
         groups=list(st.groups),
@@ -80,29 +83,33 @@ def dump_creds(pid: int, task: RemoteTask) -> Creds:
         cap_eff=st.cap_eff,
         cap_bnd=st.cap_bnd,
         cap_amb=st.cap_amb,
-        securebits=task.call(nr.PRCTL, PR_GET_SECUREBITS, 0, 0, 0, 0, what="PR_GET_SECUREBITS"),
+        securebits=securebits.value,
         no_new_privs=bool(st.no_new_privs),
     )
 
 
-def dump_attrs(pid: int, task: RemoteTask) -> ProcessAttrs:
+def dump_attrs(pid: int, task: RemoteTask) -> Callable[[], ProcessAttrs]:
+    """Queue the questions; the function returned reads the answers once they ran."""
     st = parse_status(procfs.read(pid, "status"))
     stat = parse_stat(procfs.read(pid, "stat"))
-    task.call(nr.PRCTL, PR_GET_PDEATHSIG, task.scratch, 0, 0, 0, what="PR_GET_PDEATHSIG")
-    pdeathsig = int.from_bytes(task.get(0, 4), "little")
-    task.call(nr.PRCTL, PR_GET_CHILD_SUBREAPER, task.scratch, 0, 0, 0, what="subreaper")
-    subreaper = bool(int.from_bytes(task.get(0, 4), "little"))
-    return ProcessAttrs(
+    pdeathsig = task.queue(nr.PRCTL, PR_GET_PDEATHSIG, bytes(4), 0, 0, 0, what="PR_GET_PDEATHSIG")
+    subreaper = task.queue(nr.PRCTL, PR_GET_CHILD_SUBREAPER, bytes(4), 0, 0, 0, what="subreaper")
+    personality = task.queue(nr.PERSONALITY, 0xFFFFFFFF, what="personality")
+    dumpable = task.queue(nr.PRCTL, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE")
+    cwd = procfs.readlink(pid, "cwd")
+    root = procfs.readlink(pid, "root")
+    rlimits = parse_limits(procfs.read(pid, "limits"))
+    return lambda: ProcessAttrs(
         comm=stat.comm,
         umask=st.umask or 0,
         nice=stat.nice,
-        personality=task.call(nr.PERSONALITY, 0xFFFFFFFF, what="personality"),
-        cwd=procfs.readlink(pid, "cwd"),
-        root=procfs.readlink(pid, "root"),
-        pdeathsig=pdeathsig,
-        dumpable=task.call(nr.PRCTL, PR_GET_DUMPABLE, 0, 0, 0, 0, what="PR_GET_DUMPABLE"),
-        subreaper=subreaper,
-        rlimits=parse_limits(procfs.read(pid, "limits")),
+        personality=personality.value,
+        cwd=cwd,
+        root=root,
+        pdeathsig=pdeathsig.word(size=4),
+        dumpable=dumpable.value,
+        subreaper=bool(subreaper.word(size=4)),
+        rlimits=rlimits,
     )
 
 
@@ -150,73 +157,93 @@ def restorer_baseline() -> Baseline:
 def restore_attrs(
     task: RemoteTask, attrs: ProcessAttrs, base: ProcessAttrs, warnings: list[str]
 ) -> None:
+    """Queue the settings that differ from the stub's (the restorer's own)."""
     if attrs.umask != base.umask:
-        task.call(nr.UMASK, attrs.umask, what="umask")
+        task.queue(nr.UMASK, attrs.umask, what="umask")
     if attrs.personality != base.personality:
-        task.call(nr.PERSONALITY, attrs.personality, what="personality")
+        task.queue(nr.PERSONALITY, attrs.personality, what="personality")
     if attrs.cwd != base.cwd:
-        path = task.put(0, attrs.cwd.encode() + b"\0")
-        task.call(nr.CHDIR, path, what=f"chdir {attrs.cwd}")
+        task.queue(nr.CHDIR, attrs.cwd.encode() + b"\0", what=f"chdir {attrs.cwd}")
     if attrs.root != base.root:
-        path = task.put(0, attrs.root.encode() + b"\0")
-        task.call(nr.CHROOT, path, what=f"chroot {attrs.root}")
+        task.queue(nr.CHROOT, attrs.root.encode() + b"\0", what=f"chroot {attrs.root}")
     if attrs.nice != base.nice:
-        task.call(nr.SETPRIORITY, PRIO_PROCESS, 0, attrs.nice, what="setpriority")
+        task.queue(nr.SETPRIORITY, PRIO_PROCESS, 0, attrs.nice, what="setpriority")
     if attrs.subreaper:
-        task.call(nr.PRCTL, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
+        task.queue(nr.PRCTL, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
     changed = {r: v for r, v in attrs.rlimits.items() if base.rlimits.get(r) != v}
     restore_rlimits(task, changed, warnings)
 
 
 def restore_attrs_after_creds(task: RemoteTask, attrs: ProcessAttrs) -> None:
-    """What a change of credentials resets: the dumpable flag and the parent-death signal."""
-    task.call(nr.PRCTL, PR_SET_DUMPABLE, attrs.dumpable, 0, 0, 0, what="PR_SET_DUMPABLE")
+    """Queue what a change of credentials resets: the dumpable flag and the parent-death signal."""
+    task.queue(nr.PRCTL, PR_SET_DUMPABLE, attrs.dumpable, 0, 0, 0, what="PR_SET_DUMPABLE")
     if attrs.pdeathsig:
-        task.call(nr.PRCTL, PR_SET_PDEATHSIG, attrs.pdeathsig, 0, 0, 0, what="PR_SET_PDEATHSIG")
+        task.queue(nr.PRCTL, PR_SET_PDEATHSIG, attrs.pdeathsig, 0, 0, 0, what="PR_SET_PDEATHSIG")
 
 
 def restore_rlimits(
     task: RemoteTask, limits: dict[int, tuple[int, int]], warnings: list[str]
 ) -> None:
-    """Set limits from inside: hard limits above ours cannot be raised (no CAP_SYS_RESOURCE)."""
+    """Queue the limits, set from inside.
+
+    A hard limit above ours cannot be raised without CAP_SYS_RESOURCE: that
+    call fails, and then the soft limit is set under the hard limit the task
+    has (which needs no privilege), with a warning.
+    """
     for resource, (soft, hard) in sorted(limits.items()):
-        task.put(0, soft.to_bytes(8, "little") + hard.to_bytes(8, "little"))
-        result = task.call_raw(nr.PRLIMIT64, 0, resource, task.scratch, 0)
-        if errno_of(result):
-            task.call(nr.PRLIMIT64, 0, resource, 0, task.scratch + 16, what="prlimit64")
-            current = task.get(16, 16)
-            cur_hard = int.from_bytes(current[8:16], "little")
-            task.put(0, min(soft, cur_hard).to_bytes(8, "little") + current[8:16])
-            task.call_raw(nr.PRLIMIT64, 0, resource, task.scratch, 0)
+
+        def keep_ours(failed: Syscall, resource: int = resource, soft: int = soft) -> None:
+            got = task.queue(nr.PRLIMIT64, 0, resource, 0, bytes(16), what="prlimit64")
+            task.flush()
+            own = got.word(0, 8)  # rlim_max
+            task.queue(nr.PRLIMIT64, 0, resource, _rlimit(min(soft, own), own), 0, what="prlimit64")
             warnings.append(
-                f"process {task.tid}: rlimit {resource} hard limit {hard} is above "
-                f"the restorer's own ({cur_hard}); kept {cur_hard}"
+                f"process {task.tid}: rlimit {resource} hard limit {limits[resource][1]} is "
+                f"above the restorer's own ({own}); kept {own}"
             )
+
+        task.queue(
+            nr.PRLIMIT64,
+            0,
+            resource,
+            _rlimit(soft, hard),
+            0,
+            what=f"prlimit64 of rlimit {resource}",
+            on_failure=keep_ours,
+        )
+
+
+def _rlimit(soft: int, hard: int) -> bytes:
+    """struct rlimit64."""
+    return soft.to_bytes(8, "little") + hard.to_bytes(8, "little")
 
 
 def restore_creds(task: RemoteTask, creds: Creds, base: Creds) -> None:
-    """Become who the thread was. Runs last: afterwards we may lack privileges."""
+    """Queue the calls that make the thread who it was. They run last: afterwards
+    we may lack the privileges the rest needs."""
     if creds == base:
         return  # the restorer's own: the stub has them already
     restorer_caps = base.cap_prm
     for cap in range(CAP_LAST + 1):
         if base.cap_bnd & (1 << cap) and not creds.cap_bnd & (1 << cap):
-            task.call_raw(nr.PRCTL, PR_CAPBSET_DROP, cap, 0, 0, 0)
-    task.call(nr.PRCTL, PR_SET_KEEPCAPS, 1, 0, 0, 0, what="PR_SET_KEEPCAPS")
+            task.queue(
+                nr.PRCTL, PR_CAPBSET_DROP, cap, 0, 0, 0, what="PR_CAPBSET_DROP", may_fail=True
+            )
+    task.queue(nr.PRCTL, PR_SET_KEEPCAPS, 1, 0, 0, 0, what="PR_SET_KEEPCAPS")
     groups = b"".join(g.to_bytes(4, "little") for g in creds.groups)
-    task.put(0, groups or b"\0\0\0\0")
-    task.call(nr.SETGROUPS, len(creds.groups), task.scratch, what="setgroups")
-    task.call(nr.SETRESGID, *creds.gids[:3], what="setresgid")
-    task.call(nr.SETRESUID, *creds.uids[:3], what="setresuid")
-    task.call_raw(nr.SETFSGID, creds.gids[3])
-    task.call_raw(nr.SETFSUID, creds.uids[3])
+    task.queue(nr.SETGROUPS, len(creds.groups), groups or bytes(4), what="setgroups")
+    task.queue(nr.SETRESGID, *creds.gids[:3], what="setresgid")
+    task.queue(nr.SETRESUID, *creds.uids[:3], what="setresuid")
+    # These return the previous id, never an error.
+    task.queue(nr.SETFSGID, creds.gids[3], what="setfsgid", may_fail=True)
+    task.queue(nr.SETFSUID, creds.uids[3], what="setfsuid", may_fail=True)
     # setresuid() away from root cleared the effective set; the stub still
     # permits what the restorer had: make all of it effective to finish up.
     _capset(task, restorer_caps, restorer_caps, creds.cap_inh & restorer_caps)
-    task.call(nr.PRCTL, PR_SET_SECUREBITS, creds.securebits, 0, 0, 0, what="PR_SET_SECUREBITS")
+    task.queue(nr.PRCTL, PR_SET_SECUREBITS, creds.securebits, 0, 0, 0, what="PR_SET_SECUREBITS")
     for cap in range(CAP_LAST + 1):
         if creds.cap_amb & (1 << cap):
-            task.call(
+            task.queue(
                 nr.PRCTL,
                 PR_CAP_AMBIENT,
                 PR_CAP_AMBIENT_RAISE,
@@ -227,7 +254,7 @@ def restore_creds(task: RemoteTask, creds: Creds, base: Creds) -> None:
             )
     _capset(task, creds.cap_eff, creds.cap_prm, creds.cap_inh)
     if creds.no_new_privs:
-        task.call(nr.PRCTL, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="PR_SET_NO_NEW_PRIVS")
+        task.queue(nr.PRCTL, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="PR_SET_NO_NEW_PRIVS")
 
 
 def _capset(task: RemoteTask, eff: int, prm: int, inh: int) -> None:
@@ -236,5 +263,4 @@ def _capset(task: RemoteTask, eff: int, prm: int, inh: int) -> None:
     for half in (0, 32):
         for value in (eff, prm, inh):
             data += ((value >> half) & 0xFFFFFFFF).to_bytes(4, "little")
-    task.put(0, header + data)
-    task.call(nr.CAPSET, task.scratch, task.scratch + 8, what="capset")
+    task.queue(nr.CAPSET, header, data, what="capset")

@@ -10,6 +10,7 @@ si_code when a process signals itself).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vzcpt.inject.remote import RemoteTask
@@ -37,34 +38,39 @@ class SignalsRecord:
     shared_pending: list[bytes] = field(default_factory=list)
 
 
-def dump_signals(pid: int, task: RemoteTask) -> SignalsRecord:
+def dump_signals(pid: int, task: RemoteTask) -> Callable[[], SignalsRecord]:
+    """Queue the questions; the function returned reads the answers once they ran."""
     status = parse_status(procfs.read(pid, "status"))
     interesting = status.sig_caught | status.sig_ignored
-    actions = []
-    for signo in range(1, 65):
-        if signo in (SIGKILL, SIGSTOP) or not interesting & (1 << (signo - 1)):
-            continue
-        task.call(nr.RT_SIGACTION, signo, 0, task.scratch, SIGSET_SIZE, what="rt_sigaction")
-        raw = task.get(0, 32)
-        handler, flags, restorer, mask = (
-            int.from_bytes(raw[i : i + 8], "little") for i in range(0, 32, 8)
-        )
-        actions.append(SigAction(signo, handler, flags, restorer, mask))
-    return SignalsRecord(actions, ptrace.peek_siginfo(task.tid, shared=True))
+    asked = [
+        (signo, task.queue(nr.RT_SIGACTION, signo, 0, bytes(32), SIGSET_SIZE, what="rt_sigaction"))
+        for signo in range(1, 65)
+        if signo not in (SIGKILL, SIGSTOP) and interesting & (1 << (signo - 1))
+    ]
+    shared_pending = ptrace.peek_siginfo(task.tid, shared=True)
+
+    def answer() -> SignalsRecord:
+        actions = [
+            SigAction(signo, *(old.word(0, i) for i in range(0, 32, 8))) for signo, old in asked
+        ]
+        return SignalsRecord(actions, shared_pending)
+
+    return answer
 
 
 def restore_actions(task: RemoteTask, rec: SignalsRecord) -> None:
-    calls: list[tuple[int, ...]] = []
-    for i, act in enumerate(rec.actions):
+    """Queue the saved dispositions (every other signal is at SIG_DFL in a stub)."""
+    for act in rec.actions:
         raw = b"".join(
             v.to_bytes(8, "little") for v in (act.handler, act.flags, act.restorer, act.mask)
         )
-        calls.append((nr.RT_SIGACTION, act.signo, task.put(i * 32, raw), 0, SIGSET_SIZE))
-    task.batch(calls, what="rt_sigaction")
+        task.queue(
+            nr.RT_SIGACTION, act.signo, raw, 0, SIGSET_SIZE, what=f"rt_sigaction({act.signo})"
+        )
 
 
 def restore_shared_pending(task: RemoteTask, pid: int, rec: SignalsRecord) -> None:
+    """Queue the signals pending for the whole process, sent by itself to itself."""
     for info in rec.shared_pending:
         signo = int.from_bytes(info[0:4], "little")
-        task.put(0, info)
-        task.call(nr.RT_SIGQUEUEINFO, pid, signo, task.scratch, what=f"requeue of signal {signo}")
+        task.queue(nr.RT_SIGQUEUEINFO, pid, signo, info, what=f"requeue of signal {signo}")

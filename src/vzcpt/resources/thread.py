@@ -11,6 +11,7 @@ set_robust_list, rseq(2), prctl(PR_SET_NAME) and rt_tgsigqueueinfo(2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vzcpt.inject.remote import RemoteTask, to_signed
@@ -46,16 +47,19 @@ class ThreadRecord:
     pending: list[bytes] = field(default_factory=list)  # siginfo of private pending signals
 
 
-def dump_thread(pid: int, task: RemoteTask) -> ThreadRecord:
-    """Save one stopped thread; `task` must have its scratch area mapped."""
+def dump_thread(pid: int, task: RemoteTask) -> Callable[[], ThreadRecord]:
+    """Save one stopped thread; `task` must have its scratch area mapped.
+
+    Queues what is asked from inside the thread; the function returned
+    reads the answers once they ran."""
     tid = task.tid
     regs = task.saved_regs
     rseq = ptrace.get_rseq(tid)
-    task.call(nr.PRCTL, PR_GET_TID_ADDRESS, task.scratch, 0, 0, 0, what="PR_GET_TID_ADDRESS")
-    clear_tid = int.from_bytes(task.get(0, 8), "little")
-    task.call(nr.SIGALTSTACK, 0, task.scratch, what="sigaltstack")
-    ss = task.get(0, 24)
-    return ThreadRecord(
+    clear_tid = task.queue(
+        nr.PRCTL, PR_GET_TID_ADDRESS, bytes(8), 0, 0, 0, what="PR_GET_TID_ADDRESS"
+    )
+    altstack = task.queue(nr.SIGALTSTACK, 0, bytes(24), what="sigaltstack")
+    rec = ThreadRecord(
         tid=tid,
         regs=[getattr(regs, name) for name in REG_NAMES],
         xstate=ptrace.get_regset(tid, ptrace.NT_X86_XSTATE, XSTATE_MAX),
@@ -63,35 +67,36 @@ def dump_thread(pid: int, task: RemoteTask) -> ThreadRecord:
         comm=procfs.read(pid, "comm", tid=tid).decode(errors="replace").rstrip("\n"),
         rseq=(rseq.pointer, rseq.size, rseq.signature) if rseq.pointer else None,
         robust_list=robust_list(tid),
-        clear_child_tid=clear_tid,
-        altstack=(
-            int.from_bytes(ss[0:8], "little"),
-            int.from_bytes(ss[8:12], "little"),
-            int.from_bytes(ss[16:24], "little"),
-        ),
         pending=ptrace.peek_siginfo(tid, shared=False),
     )
 
+    def answer() -> ThreadRecord:
+        rec.clear_child_tid = clear_tid.word()
+        rec.altstack = (altstack.word(0, 0), altstack.word(0, 8, 4), altstack.word(0, 16))
+        return rec
+
+    return answer
+
 
 def restore_thread_state(task: RemoteTask, pid: int, rec: ThreadRecord) -> None:
-    """Everything of the thread but its registers and mask, set from inside it, in one batch."""
-    calls: list[tuple[int, ...]] = [(nr.SET_TID_ADDRESS, rec.clear_child_tid)]
+    """Queue everything of the thread but its registers and mask, set from inside it."""
+    task.queue(nr.SET_TID_ADDRESS, rec.clear_child_tid, what="set_tid_address")
     if rec.robust_list[0]:
-        calls.append((nr.SET_ROBUST_LIST, *rec.robust_list))
+        task.queue(nr.SET_ROBUST_LIST, *rec.robust_list, what="set_robust_list")
     sp, flags, size = rec.altstack
     if not flags & SS_DISABLE:
         stack = sp.to_bytes(8, "little") + (flags & ~SS_ONSTACK).to_bytes(4, "little") + bytes(4)
-        calls.append((nr.SIGALTSTACK, task.put(0, stack + size.to_bytes(8, "little")), 0))
-    name = task.put(64, rec.comm.encode()[:15] + b"\0")
-    calls.append((nr.PRCTL, PR_SET_NAME, name, 0, 0, 0))
+        task.queue(nr.SIGALTSTACK, stack + size.to_bytes(8, "little"), 0, what="sigaltstack")
+    name = rec.comm.encode()[:15] + b"\0"
+    task.queue(nr.PRCTL, PR_SET_NAME, name, 0, 0, 0, what="PR_SET_NAME")
     if rec.rseq is not None:
         pointer, length, signature = rec.rseq
-        calls.append((nr.RSEQ, pointer, length, 0, signature))
-    for i, info in enumerate(rec.pending):
+        task.queue(nr.RSEQ, pointer, length, 0, signature, what="rseq")
+    for info in rec.pending:
         signo = int.from_bytes(info[0:4], "little")
-        address = task.put(128 + i * len(info), info)
-        calls.append((nr.RT_TGSIGQUEUEINFO, pid, rec.tid, signo, address))
-    task.batch(calls, what=f"state of thread {rec.tid}")
+        task.queue(
+            nr.RT_TGSIGQUEUEINFO, pid, rec.tid, signo, info, what=f"requeue of signal {signo}"
+        )
 
 
 def final_regs(rec: ThreadRecord) -> Regs:
@@ -116,7 +121,9 @@ def final_regs(rec: ThreadRecord) -> Regs:
     return regs
 
 
-def load_regs(tid: int, rec: ThreadRecord) -> None:
-    ptrace.set_regset(tid, ptrace.NT_X86_XSTATE, rec.xstate)
-    ptrace.set_regs(tid, final_regs(rec))
-    ptrace.set_sigmask(tid, rec.sigmask)
+def load_regs(task: RemoteTask, rec: ThreadRecord) -> None:
+    """Run what is queued in the thread, then give it its saved registers and mask."""
+    task.flush()
+    ptrace.set_regset(task.tid, ptrace.NT_X86_XSTATE, rec.xstate)
+    ptrace.set_regs(task.tid, final_regs(rec))
+    ptrace.set_sigmask(task.tid, rec.sigmask)

@@ -9,6 +9,7 @@ reached by creating timers in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vzcpt.errors import Unsupported
@@ -47,32 +48,37 @@ def _raw(words: tuple[int, int, int, int]) -> bytes:
     return b"".join(w.to_bytes(8, "little", signed=True) for w in words)
 
 
-def dump_timers(pid: int, task: RemoteTask) -> TimersRecord:
-    rec = TimersRecord()
-    for which in range(3):
-        task.call(nr.GETITIMER, which, task.scratch, what="getitimer")
-        rec.itimers.append(_words(task.get(0, 32)))
-    for info in parse_timers(procfs.read(pid, "timers")):
-        task.call(nr.TIMER_GETTIME, info.id, task.scratch, what=f"timer_gettime({info.id})")
-        rec.posix.append(
-            PosixTimer(
-                id=info.id,
-                clock_id=info.clock_id,
-                signo=info.signal,
-                sigev_value=info.sigev_value,
-                notify=info.notify,
-                notify_tid=info.notify_tid,
-                value=_words(task.get(0, 32)),
+def dump_timers(pid: int, task: RemoteTask) -> Callable[[], TimersRecord]:
+    """Queue the questions; the function returned reads the answers once they ran."""
+    itimers = [task.queue(nr.GETITIMER, which, bytes(32), what="getitimer") for which in range(3)]
+    posix = [
+        (info, task.queue(nr.TIMER_GETTIME, info.id, bytes(32), what=f"timer_gettime({info.id})"))
+        for info in parse_timers(procfs.read(pid, "timers"))
+    ]
+
+    def answer() -> TimersRecord:
+        rec = TimersRecord(itimers=[_words(call.memory[0]) for call in itimers])
+        for info, call in posix:
+            rec.posix.append(
+                PosixTimer(
+                    id=info.id,
+                    clock_id=info.clock_id,
+                    signo=info.signal,
+                    sigev_value=info.sigev_value,
+                    notify=info.notify,
+                    notify_tid=info.notify_tid,
+                    value=_words(call.memory[0]),
+                )
             )
-        )
-    return rec
+        return rec
+
+    return answer
 
 
 def restore_timers(task: RemoteTask, pid: int, rec: TimersRecord) -> None:
     for which, value in enumerate(rec.itimers):
         if any(value):
-            task.put(0, _raw(value))
-            task.call(nr.SETITIMER, which, task.scratch, 0, what="setitimer")
+            task.queue(nr.SETITIMER, which, _raw(value), 0, what="setitimer")
     if not rec.posix:
         return
     exact = task.call_raw(nr.PRCTL, PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0) == 0

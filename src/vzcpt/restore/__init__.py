@@ -17,7 +17,8 @@
               its epoll instances their watches
     memory    every stub's address space is the saved one (vDSO moved in)
     state     threads cloned with their tids; signals, timers, limits,
-              attributes, thread state; zombies have died as they died
+              attributes, thread state set (or queued to run with the
+              release); zombies have died as they died
     network   the network lock of the dump is gone; TCP connections, rebuilt
               in repair mode with the files, have left it and sent what
               they had not sent (resources/fds/inet.py)
@@ -145,6 +146,14 @@ def _restore(
             stage = time.monotonic()
             threads[rec.pid] = _rebuild_process(ctx, rec, tasks[rec.pid], files, baseline, warnings)
             stats.add_time("memory+state", time.monotonic() - stage)
+        # The end of each process's rebuilding is queued (inject/remote.py), to
+        # run once its pages are in (written meanwhile, while the next processes
+        # were rebuilt), in one batch with its release by _finish. Finishers act
+        # on what processes share: they come after every call is made.
+        if ctx.finishers:
+            for rebuilt in threads.values():
+                for thread_task in rebuilt:
+                    thread_task.flush()
         for finish in ctx.finishers:
             finish()
         builder.become_zombies()
@@ -238,17 +247,24 @@ def _take_own_creds(
     """Close our channel, then become who the process was."""
     assert rec.creds is not None
     main = tasks[0]
-    main.call(nr.CLOSE, channel_fd, what="close of the descriptor channel")
+    main.queue(nr.CLOSE, channel_fd, what="close of the descriptor channel")
     for task in tasks:  # credentials are per thread, and the last thing we may change
         process.restore_creds(task, rec.creds, baseline.creds)
     assert rec.attrs is not None
     process.restore_attrs_after_creds(main, rec.attrs)
+    # The other threads' queues run first: before main's dumpable flag (a change
+    # of credentials resets it) and while the batch runner is still mapped.
+    # (Their process's pages are in: cloning them ran main's queue.)
+    for task in tasks[1:]:
+        task.flush()
 
 
 def _finish(rec: ProcessRecord, tasks: list[RemoteTask], window: tuple[int, int]) -> None:
     """Remove the last traces of ours, then become the saved threads."""
     main = tasks[0]
-    main.call(nr.MUNMAP, window[0] + 4096, SCRATCH_SIZE, what="munmap of the scratch area")
-    main.call(nr.MUNMAP, window[0], 4096, what="munmap of the gadget")
+    # Gadget and scratch area (the batch runner's too) in one single step: the
+    # syscall instruction unmaps its own page and traps before fetching another.
+    # Calls still queued on main (its credentials...) run first.
+    main.step(nr.MUNMAP, window[0], 4096 + SCRATCH_SIZE, what="munmap of the gadget and scratch")
     for task, trec in zip(tasks, rec.threads, strict=True):
-        thread.load_regs(task.tid, trec)
+        thread.load_regs(task, trec)

@@ -143,10 +143,11 @@ def _default_dispositions(seed: RemoteTask) -> None:
     Python's own signal.signal() would leave SA_ONSTACK set, which a restored
     program could see.
     """
-    seed.put(0, bytes(32))  # struct kernel_sigaction: SIG_DFL, no flags, no mask
     for signo in range(1, 65):
         if signo not in (signal.SIGKILL, signal.SIGSTOP):
-            seed.call(nr.RT_SIGACTION, signo, seed.scratch, 0, 8, what="rt_sigaction")
+            # struct kernel_sigaction: SIG_DFL, no flags, no mask
+            seed.queue(nr.RT_SIGACTION, signo, bytes(32), 0, 8, what="rt_sigaction")
+    seed.flush()
 
 
 def _wait_until_blocked(pid: int) -> None:

@@ -104,7 +104,8 @@ def restore_table(
     Received descriptors land on the lowest free numbers. Those already on
     their number stay; the others are first lifted above every number in
     play and then put down on theirs, so no move ever closes one still to
-    be placed. Three batches, whatever the number of descriptors.
+    be placed. One round trip to receive them, one more to lift the misplaced
+    ones if any; the rest is queued, to run with the process's next batch.
     """
     if not entries:
         return
@@ -123,13 +124,12 @@ def restore_table(
         for e, r in zip(entries, received, strict=True)
         if e.fd == r and not e.cloexec
     ]
-    calls += [
-        _posix_lock_call(task, i, entry.fd, lock)
-        for i, (entry, lock) in enumerate(
-            (e, lk) for e in entries for lk in files[e.file_id].locks if lk.kind == "POSIX"
-        )
-    ]
-    task.batch(calls, what="placing descriptors")
+    for number, *args in calls:
+        task.queue(number, *args, what=f"placing descriptors (syscall {number})")
+    for entry in entries:
+        for lock in files[entry.file_id].locks:
+            if lock.kind == "POSIX":  # the process's own: taken from inside it
+                task.queue(nr.FCNTL, entry.fd, F_SETLK, _flock(lock), what="fcntl(F_SETLK)")
 
 
 def _flock(lock: LockRecord) -> bytes:
@@ -137,9 +137,3 @@ def _flock(lock: LockRecord) -> bytes:
     length = 0 if lock.end is None else lock.end - lock.start + 1
     kind = F_WRLCK if lock.write else F_RDLCK
     return struct.pack("<hhxxxxqqixxxx", kind, 0, lock.start, length, 0)
-
-
-def _posix_lock_call(task: RemoteTask, n: int, fd: int, lock: LockRecord) -> tuple[int, ...]:
-    """fcntl(F_SETLK) taking a saved POSIX lock: it belongs to the process, so it is
-    taken from inside it (struct flock number n in the scratch area)."""
-    return (nr.FCNTL, fd, F_SETLK, task.put(n * 32, _flock(lock)))
