@@ -79,6 +79,8 @@ def test_chkpnt_and_restore_a_ve(host: Host) -> None:
     assert sysctls == ["1", "40000", "50000"]
     assert address(veid) in host.vzctl("exec", veid, "ip -br addr show eth0").stdout
     assert not net.is_network_locked(veid)
+    # A program inside renames the VE: the names come back as the VE had them.
+    host.vzctl("exec", veid, "hostname renamed && domainname example.org")
     # And again, twice: a restored VE checkpoints and restores like any other.
     for cycle in ("second", "third"):
         host.vzctl("chkpnt", veid, "--dumpfile", host.root / f"{cycle}.dump")
@@ -87,6 +89,8 @@ def test_chkpnt_and_restore_a_ve(host: Host) -> None:
         time.sleep(1.5)
         assert last_count(log) > count, f"the counter stopped after the {cycle} restore"
         assert inside_pids(host, veid) == before
+        names = host.vzctl("exec", veid, "hostname; domainname").stdout.split()
+        assert names == ["renamed", "example.org"], names
 
 
 def test_failed_chkpnt_leaves_the_ve_running(host: Host) -> None:

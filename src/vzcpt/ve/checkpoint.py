@@ -36,7 +36,7 @@ from vzcpt.resources.context import Stats
 from vzcpt.resources.netlock import NetworkHold
 from vzcpt.restore import restore_tree
 from vzcpt.restore.seed import become_seed
-from vzcpt.ve import net
+from vzcpt.ve import net, uts
 from vzcpt.ve.cgroups import VeCgroups
 from vzcpt.ve.config import VeConfig
 from vzcpt.ve.launch import launch_pid1
@@ -51,7 +51,7 @@ class VeRecord:
 
     veid: int
     config: str  # the VE's config file as it was
-    hostname: str
+    hostname: str  # as the VE's UTS namespace had it (programs may change it)
     network: list[net.Iface]
     mounts: list[VeMount] = field(default_factory=list)  # in mount order (ve/mounts.py)
     ipc: sysvipc.IpcRecord | None = None  # the System V objects of its IPC namespace
@@ -60,16 +60,19 @@ class VeRecord:
     # The cgroup limits in force (those set without --save too): ram_bytes,
     # swap_bytes, cpus, numproc; None is unlimited.
     limits: dict[str, float | None] = field(default_factory=dict)
+    domainname: str = ""  # its UTS namespace's NIS domain name
 
 
 def ve_record(
     veid: int, init_pid: int, cfg: VeConfig, private: str, cgroups: VeCgroups
 ) -> VeRecord:
     """Taken while the VE is frozen, so that it matches the processes."""
+    hostname, domainname = uts.dump_names(init_pid)
     return VeRecord(
         veid=veid,
         config=cfg.dumps(),
-        hostname=cfg.hostname or f"ve{veid}",
+        hostname=hostname,
+        domainname=domainname,
         network=net.read_network(init_pid),
         mounts=dump_mounts(init_pid, private),
         ipc=sysvipc.dump_ipc(init_pid),
@@ -205,12 +208,12 @@ def restore(
 
     With `frozen` (restore --undump) it is left frozen with its network locked.
     """
-    hostname = cfg.hostname or ve.hostname
+    hostname = ve.hostname or cfg.hostname or f"ve{veid}"  # the live name, as the VE knew it
     if ve.limits:  # as they were, not only as the config says: before anything runs
         cgroups.apply_limits(ve.limits)
 
     def launch_init(channel_fd: int, theirs: socket.socket) -> int:
-        pid = _launch_seed(root, hostname, cgroups, channel_fd, theirs)
+        pid = _launch_seed(root, (hostname, ve.domainname), cgroups, channel_fd, theirs)
         net.setup_network(veid, pid, cfg.ip_addresses, hostname, locked=True)
         restore_sysctls(pid, ve.sysctls)
         restore_mounts(pid, ve.mounts)
@@ -233,7 +236,12 @@ def restore(
 
 
 def _launch_seed(
-    root: str, hostname: str, cgroups: VeCgroups, channel_fd: int, theirs: socket.socket
+    root: str,
+    names: tuple[str, str],
+    cgroups: VeCgroups,
+    channel_fd: int,
+    theirs: socket.socket,
 ) -> int:
-    """Start pid 1 of a fresh VE, in its root, as the seed of the restore."""
-    return launch_pid1(root, hostname, cgroups, lambda: become_seed(channel_fd, theirs))
+    """Start pid 1 of a fresh VE, in its root, named as it was, as the seed of the restore."""
+    hostname, domainname = names
+    return launch_pid1(root, hostname, cgroups, lambda: become_seed(channel_fd, theirs), domainname)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from vzcpt.errors import VzcptError
 from vzcpt.kernel import mounts
-from vzcpt.ve import rootfs
+from vzcpt.ve import rootfs, uts
 from vzcpt.ve.cgroups import VeCgroups
 
 NAMESPACES = (
@@ -31,9 +31,15 @@ NAMESPACES = (
 )
 
 
-def launch_pid1(root: str, hostname: str, cgroups: VeCgroups, become: Callable[[], None]) -> int:
-    """Start pid 1 of a new VE under `root`; it then calls `become` (which must not
-    return: exec or loop). Return its host pid."""
+def launch_pid1(
+    root: str,
+    hostname: str,
+    cgroups: VeCgroups,
+    become: Callable[[], None],
+    domainname: str = "",
+) -> int:
+    """Start pid 1 of a new VE under `root`, named `hostname` (and `domainname`);
+    it then calls `become` (which must not return: exec or loop). Return its host pid."""
     read_end, write_end = os.pipe()
     launcher = os.fork()
     if launcher == 0:
@@ -45,7 +51,7 @@ def launch_pid1(root: str, hostname: str, cgroups: VeCgroups, become: Callable[[
             mounts.unshare(NAMESPACES)
             pid = os.fork()
             if pid == 0:
-                _pid1(root, hostname, write_end, become)
+                _pid1(root, (hostname, domainname), write_end, become)
             os.write(write_end, f"{pid}\n".encode())
             code = 0
         except BaseException as exc:
@@ -67,10 +73,11 @@ def launch_pid1(root: str, hostname: str, cgroups: VeCgroups, become: Callable[[
     return int(lines[0])
 
 
-def _pid1(root: str, hostname: str, report: int, become: Callable[[], None]) -> None:
+def _pid1(root: str, names: tuple[str, str], report: int, become: Callable[[], None]) -> None:
     """In the new pid namespace, as its pid 1. Never returns."""
     try:
-        socket.sethostname(hostname)
+        socket.sethostname(names[0])
+        uts.set_own_domainname(names[1])  # through the host's /proc, before entering root
         rootfs.enter_root(root)
         become()  # closes `report` (exec, or closing every other descriptor)
     except BaseException as exc:
