@@ -72,6 +72,7 @@ def test_illegal_transitions_and_bad_input(host: Host) -> None:
     veid = host.new_veid()
     for args, words in (
         (("start", veid), "does not exist"),
+        (("enter", veid), "does not exist"),  # one line: no "entered into" first
         (("start", "abc"), "invalid VEID"),
         (("start", "0"), "invalid VEID"),
         (("create", veid, "--ostemplate", "no-such-template"), "template"),

@@ -123,6 +123,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         command = args.cmd if len(args.cmd) > 1 else ["/bin/sh", "-c", args.cmd[0]]
         return ve.exec(command)
     elif args.command == "enter":
+        ve.require("enter")  # no "entered into" for a VE that cannot be entered
         print(f"entered into VE {ve.veid}", file=sys.stderr)
         status = ve.exec(["/bin/bash", "-l"], interactive=True)
         print(f"exited from VE {ve.veid}", file=sys.stderr)

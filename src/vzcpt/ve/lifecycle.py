@@ -284,6 +284,10 @@ class VE:
 
     # --- inside --------------------------------------------------------------
 
+    def require(self, operation: str) -> None:
+        """Refuse, in one line, an operation the VE's present state does not allow."""
+        check_transition(operation, self.state().state, self.veid)
+
     def exec(self, command: list[str], *, interactive: bool = False) -> int:
         """Run a command inside the running VE; return its exit status.
 
