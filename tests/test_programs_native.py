@@ -23,6 +23,7 @@ PROGRAMS: dict[str, tuple[str, ...]] = {
     "mem_file_shared": (),
     "mem_sysv_shm": (),
     "mem_big": ("64",),
+    "mem_dirty": ("64",),
     "regs_avx": (),
     "sleep_restart": (),
     "threads": (),

@@ -40,12 +40,13 @@ from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry
 from vzcpt.proc.stat import parse_stat
 from vzcpt.proc.status import namespace_ids
-from vzcpt.resources import memory, process, signals, thread, timers
+from vzcpt.resources import memory, precopy, process, signals, thread, timers
 from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S, drain
 from vzcpt.resources.context import DumpContext, Stats
 from vzcpt.resources.fds import tty, unix
 from vzcpt.resources.fds.table import dump_table
 from vzcpt.resources.netlock import NetworkHold, Sockets
+from vzcpt.resources.precopy import PreCopy, Tracked
 from vzcpt.resources.task_record import DumpHeader, ProcessRecord
 
 Leave = Literal["kill", "running", "stopped"]
@@ -94,29 +95,34 @@ def dump_tree(
     stats.add_time("freeze", time.monotonic() - started)
     out: BinaryIO | None = None
     resumed = False
+    pre = PreCopy()
     try:
-        # A VE's queues were drained as it was suspended, by its freezer (ve/checkpoint.py).
-        surveyed = (
-            Sockets.survey(tree.processes())
-            if held_by is not None
-            else drain(tree, network, stats, drain_timeout)
-        )
-        with surveyed as sockets:
-            network.lock(sockets)
-        stats.add_time("lock", time.monotonic() - tree.frozen_at)
         out = create_dumpfile(dumpfile)
+        writer = DumpWriter(out, compress=compress)
         collect_started = time.monotonic()
         with _BackgroundSync(out if dumpfile != "-" else None):
+            if held_by is None and precopy.wanted(tree):  # a suspended VE stays frozen
+                pre = precopy.run(tree, writer, stats, find_gadget)
+            # A VE's queues were drained as it was suspended, by its freezer (ve/checkpoint.py).
+            surveyed = (
+                Sockets.survey(tree.processes())
+                if held_by is not None
+                else drain(tree, network, stats, drain_timeout)
+            )
+            with surveyed as sockets:
+                network.lock(sockets)
+            stats.add_time("lock", time.monotonic() - tree.frozen_at)
             _write_dump(
                 tree,
-                out,
-                compress,
+                writer,
                 stats,
                 own_pid_namespace,
                 extra_records or [],
                 shell_job,
                 network,
+                pre,
             )
+            pre.close()  # everything is captured: no tracking left in the tree
         stats.add_time("dump", time.monotonic() - collect_started)
         if leave == "running":
             # Everything is captured: a tree that runs on needn't wait for the disk.
@@ -126,6 +132,7 @@ def dump_tree(
         if dumpfile != "-":
             _sync_and_verify(out, dumpfile, stats)
     except BaseException:
+        pre.close()
         if not resumed:
             let_go()
         if out is not None and dumpfile != "-":
@@ -194,15 +201,14 @@ def _sync_and_verify(out: BinaryIO, dumpfile: str, stats: Stats) -> None:
 
 def _write_dump(
     tree: FrozenTree,
-    out: BinaryIO,
-    compress: bool,
+    writer: DumpWriter,
     stats: Stats,
     own_pid_namespace: bool,
     extra_records: list[object],
     shell_job: bool,
     network: NetworkHold,
+    pre: PreCopy,
 ) -> None:
-    writer = DumpWriter(out, compress=compress)
     ctx = DumpContext(
         writer=writer,
         stats=stats,
@@ -231,7 +237,7 @@ def _write_dump(
             )
         )
         for pid in tree.pids:
-            writer.write_record(_dump_process(ctx, tree, pid))
+            writer.write_record(_dump_process(ctx, tree, pid, pre.of(pid)))
             stats.processes += 1
         unix.check_peers(ctx)
         tty.finish_dump(ctx, tree.pids, tree.zombies)
@@ -243,7 +249,9 @@ def _write_dump(
         ctx.close()
 
 
-def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord:
+def _dump_process(
+    ctx: DumpContext, tree: FrozenTree, pid: int, tracked: Tracked | None
+) -> ProcessRecord:
     stat = parse_stat(procfs.read(pid, "stat"))
     ppid, pgid, sid = stat.ppid, stat.pgrp, stat.session
     if ctx.ids:  # ids in the tree's own pid namespace; 0 for what lies outside it
@@ -291,7 +299,7 @@ def _dump_process(ctx: DumpContext, tree: FrozenTree, pid: int) -> ProcessRecord
             timer.notify_tid = ctx.saved_id(timer.notify_tid)
         rec.fds = dump_table(ctx, pid)
         main.unmap_scratch()
-        rec.mm = memory.dump_mm(ctx, pid, mappings, brk.value)
+        rec.mm = memory.dump_mm(ctx, pid, mappings, brk.value, tracked)
         ctx.stats.threads += len(tids)
     finally:
         for task in [main, *others]:

@@ -61,6 +61,9 @@ def print_stats(stats: Stats) -> None:
     print(f"  {'pages:':<20} {stats.pages:10d}", file=out)
     print(f"  {'zero pages skipped:':<20} {stats.pages_zero:10d}", file=out)
     print(f"  {'bytes:':<20} {stats.bytes:10d}", file=out)
+    if stats.pages_precopied:
+        print(f"  {'pages pre-copied:':<20} {stats.pages_precopied:10d}", file=out)
+        print(f"  {'pre-copied kept:':<20} {stats.pages_precopy_kept:10d}", file=out)
     if stats.drained or "drain" in stats.times:
         print(f"  {'drained connections:':<20} {stats.drained:10d}", file=out)
     for line in stats.warnings:

@@ -13,6 +13,7 @@ import fcntl
 
 from vzcpt.errors import Unsupported
 
+PAGE_IS_WRITTEN = 1 << 1  # written since write-protected (userfaultfd async WP)
 PAGE_IS_FILE = 1 << 2  # backed by a file (or shmem): not the process's own copy
 PAGE_IS_PRESENT = 1 << 3
 PAGE_IS_SWAPPED = 1 << 4
@@ -45,6 +46,8 @@ class ScanArg(ctypes.Structure):
 
 PAGEMAP_SCAN = (3 << 30) | (ctypes.sizeof(ScanArg) << 16) | (ord("f") << 8) | 16
 REGIONS_PER_CALL = 1024
+PM_SCAN_WP_MATCHING = 1 << 0  # write-protect the pages that match
+PM_SCAN_CHECK_WPASYNC = 1 << 1  # fail (EPERM) on a range not registered for async WP
 
 
 def scan(
@@ -84,3 +87,20 @@ def scan(
             raise OSError(f"PAGEMAP_SCAN made no progress at {arg.start:#x}")
         arg.start = arg.walk_end
     return runs
+
+
+def write_protect(pagemap_fd: int, start: int, end: int) -> None:
+    """Write-protect every page of [start, end), which must be registered with a
+    userfaultfd in async write-protect mode (kernel/uffd.py): from now on a page
+    the task writes shows PAGE_IS_WRITTEN, and no other does."""
+    arg = ScanArg(
+        size=ctypes.sizeof(ScanArg),
+        flags=PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+        start=start,
+        end=end,
+    )
+    while arg.start < end:
+        fcntl.ioctl(pagemap_fd, PAGEMAP_SCAN, arg)  # type: ignore[call-overload]
+        if arg.walk_end <= arg.start:
+            raise OSError(f"PAGEMAP_SCAN made no progress at {arg.start:#x}")
+        arg.start = arg.walk_end

@@ -30,6 +30,8 @@ class Stats:
     times: dict[str, float] = field(default_factory=dict)
     pages: int = 0
     pages_zero: int = 0
+    pages_precopied: int = 0  # copied while the tree ran (resources/precopy.py)
+    pages_precopy_kept: int = 0  # of those, still exact when it was frozen again
     bytes: int = 0
     processes: int = 0
     threads: int = 0

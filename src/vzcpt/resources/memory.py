@@ -41,7 +41,7 @@ from vzcpt.proc import files as procfs
 from vzcpt.proc.auxv import parse_auxv
 from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps
 from vzcpt.proc.stat import parse_stat
-from vzcpt.resources import pages, shmem
+from vzcpt.resources import pages, precopy, shmem
 from vzcpt.resources.context import DumpContext, RestoreContext
 from vzcpt.resources.fds import memfd
 
@@ -100,6 +100,10 @@ class MmRecord:
     auxv: list[int]
     exe: str
     vmas: list[VmaRecord]
+    # Pages saved while the tree ran, still exact at the freeze: [start, end)
+    # ranges of the page runs of owner `precopy_owner` (resources/precopy.py).
+    precopy_owner: int = 0
+    precopied: list[list[int]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- dump
@@ -111,17 +115,24 @@ def read_mappings(pid: int) -> list[tuple[MapEntry, frozenset[str]]]:
 
 
 def dump_mm(
-    ctx: DumpContext, pid: int, mappings: list[tuple[MapEntry, frozenset[str]]], brk: int
+    ctx: DumpContext,
+    pid: int,
+    mappings: list[tuple[MapEntry, frozenset[str]]],
+    brk: int,
+    tracked: precopy.Tracked | None = None,
 ) -> MmRecord:
     """Save the address space; `mappings` (read_mappings) must not include our
-    scratch area; `brk` is what brk(0) returned in the process."""
+    scratch area; `brk` is what brk(0) returned in the process; `tracked`: its
+    pages pre-copied while it ran, if any."""
     stat = parse_stat(procfs.read(pid, "stat"))
     auxv = [v for pair in parse_auxv(procfs.read(pid, "auxv")) for v in pair]
     vmas = []
     for entry, vmflags in mappings:
         if entry.path != "[vsyscall]":
             vmas.append(_vma_record(ctx, pid, entry, vmflags))
-    pages.dump_private_pages(ctx, pid, [v for v in vmas if _has_own_pages(v)])
+    valid = precopy.valid_ranges(tracked, mappings) if tracked is not None else []
+    ctx.stats.pages_precopy_kept += sum(end - start for start, end in valid) // PAGE_SIZE
+    pages.dump_private_pages(ctx, pid, [v for v in vmas if _has_own_pages(v)], valid)
     return MmRecord(
         start_code=stat.startcode,
         end_code=stat.endcode,
@@ -137,6 +148,8 @@ def dump_mm(
         auxv=auxv,
         exe=procfs.readlink(pid, "exe"),
         vmas=vmas,
+        precopy_owner=precopy.PRECOPY_OWNER + pid if valid else 0,
+        precopied=[[start, end] for start, end in valid],
     )
 
 
@@ -260,7 +273,7 @@ def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) ->
     # while the old exe file is still mapped, and the stub's exe (our Python)
     # may be the very file the saved process maps.
     _set_mm_map(task, mm, exe_fd)
-    runs = ctx.image.pages_of(pid)
+    runs = _precopied_runs(ctx, mm) + ctx.image.pages_of(pid)
     filled = _vmas_with_pages(mm.vmas, [(r.address, len(r.data)) for r in runs])
     # Mappings never overlap: order does not matter, and they all go in one batch.
     for vma in mm.vmas:
@@ -293,6 +306,25 @@ def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) ->
             task.queue(
                 nr.MADVISE, vma.start, vma.end - vma.start, advice, what="madvise", may_fail=True
             )
+
+
+def _precopied_runs(ctx: RestoreContext, mm: MmRecord) -> list[PageRun]:
+    """The parts of the pre-copied page runs that were still exact at the freeze.
+
+    They come first: the final runs never overlap them, but were they to,
+    the later write would win.
+    """
+    if not mm.precopied:
+        return []
+    runs = ctx.image.pages_of(mm.precopy_owner)
+    valid = [(start, end) for start, end in mm.precopied]
+    out: list[PageRun] = []
+    for run in runs:
+        span = [(run.address, run.address + len(run.data))]
+        for start, end in precopy.intersect(span, valid):
+            piece = run.data[start - run.address : end - run.address]
+            out.append(PageRun(run.owner, start, piece))
+    return out
 
 
 def _write_pages(ctx: RestoreContext, task: RemoteTask, runs: list[PageRun]) -> None:

@@ -21,6 +21,7 @@ from typing import Protocol
 from vzcpt.kernel import pagescan, vm
 from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
+from vzcpt.resources import precopy
 from vzcpt.resources.context import DumpContext
 
 BATCH_BYTES = 16 << 20  # pages copied per process_vm_readv round
@@ -32,8 +33,11 @@ class Mapping(Protocol):
     kind: str
 
 
-def dump_private_pages(ctx: DumpContext, pid: int, vmas: list[Mapping]) -> None:
-    """Copy and store the process's own pages.
+def dump_private_pages(
+    ctx: DumpContext, pid: int, vmas: list[Mapping], skip: list[tuple[int, int]] | None = None
+) -> None:
+    """Copy and store the process's own pages, except those in the (start, end)
+    ranges of `skip` (already in the dump: resources/precopy.py).
 
     Two buffers take turns: while one batch is checked for zero pages and
     written out on a second thread, the next is read from the process, so
@@ -42,7 +46,11 @@ def dump_private_pages(ctx: DumpContext, pid: int, vmas: list[Mapping]) -> None:
     batches: list[tuple[list[tuple[int, int]], int]] = []
     batch: list[tuple[int, int]] = []
     size = 0
-    for address, length in _own_page_runs(pid, vmas):
+    runs = _own_page_runs(pid, vmas)
+    if skip:
+        ends = precopy.subtract([(a, a + n) for a, n in runs], skip)
+        runs = [(start, end - start) for start, end in ends]
+    for address, length in runs:
         for offset in range(0, length, BATCH_BYTES):
             part = min(BATCH_BYTES, length - offset)
             if size + part > BATCH_BYTES:

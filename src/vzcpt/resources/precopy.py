@@ -1,0 +1,265 @@
+"""Pre-copy: most pages are saved while the tree still runs, the rest while it is frozen.
+
+Kernel interfaces: a userfaultfd made inside each large process (an injected
+userfaultfd(2), taken with pidfd_getfd) in asynchronous write-protect mode
+(kernel/uffd.py) is registered over its private anonymous mappings, and
+PAGEMAP_SCAN write-protects their pages (kernel/pagescan.py). The tree is
+resumed and its own pages are copied into the dump under an owner id of
+their own (PRECOPY_OWNER + pid); then it is frozen again. A page the tree
+wrote meanwhile shows PAGE_IS_WRITTEN.
+
+In the frozen phase a pre-copied page is taken as valid only if it lies in a
+mapping that still carries our registration ("uw" in VmFlags: a mapping
+unmapped, moved or made anew meanwhile does not), it was not written, and it
+is still the process's own present page. Its range goes into the process's
+MmRecord (`precopied`); every other page is copied as without pre-copy. At
+restore the valid pre-copied runs are written first, then the final ones.
+
+The userfaultfd is closed once the dump is captured, whatever happens next,
+which ends the registration: a tree that runs on carries none, and a
+restored one never had it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vzcpt.errors import VzcptError
+from vzcpt.image.stream import DumpWriter
+from vzcpt.inject.freeze import FrozenTree
+from vzcpt.inject.remote import RemoteTask
+from vzcpt.kernel import nr, pagescan, uffd, vm
+from vzcpt.kernel.fds import steal_fd
+from vzcpt.kernel.vm import PAGE_SIZE
+from vzcpt.proc import files as procfs
+from vzcpt.proc.maps import MapEntry, parse_smaps
+from vzcpt.resources.context import Stats
+
+PRECOPY_OWNER = 1 << 32  # page-run owners PRECOPY_OWNER + pid (below shmem.SHARED_OWNER)
+THRESHOLD = 64 << 20  # anonymous memory of the tree worth a pre-copy
+MIN_PROCESS = 1 << 20  # a smaller process is copied while frozen only
+UFFD_VMFLAGS = frozenset({"uw", "um", "ui"})  # already registered by the program itself
+COPY_BATCH = 16 << 20
+
+Range = tuple[int, int]
+
+
+@dataclass
+class Tracked:
+    """One process whose writes are tracked: our userfaultfd and what was copied."""
+
+    pid: int
+    uffd: int
+    registered: list[Range]
+    copied: list[Range] = field(default_factory=list)
+
+
+@dataclass
+class PreCopy:
+    tracked: dict[int, Tracked] = field(default_factory=dict)
+
+    def of(self, pid: int) -> Tracked | None:
+        return self.tracked.get(pid)
+
+    def close(self) -> None:
+        """End every registration: after this the tree carries none of ours."""
+        for t in self.tracked.values():
+            for start, end in t.registered:
+                with contextlib.suppress(OSError):  # gone or changed: closing ends it anyway
+                    uffd.unregister(t.uffd, start, end)
+            os.close(t.uffd)
+        self.tracked.clear()
+
+
+def wanted(tree: FrozenTree) -> bool:
+    """VZCPT_PRECOPY=1 or 0 forces it; else only a tree with much anonymous memory."""
+    forced = os.environ.get("VZCPT_PRECOPY")
+    if forced is not None:
+        return forced == "1"
+    return sum(_anon_bytes(pid) for pid in tree.processes()) >= THRESHOLD
+
+
+def run(
+    tree: FrozenTree,
+    writer: DumpWriter,
+    stats: Stats,
+    find_gadget: Callable[[int, list[MapEntry]], int],
+) -> PreCopy:
+    """Track the large processes, let the tree run while their pages are
+    copied, and freeze it again. The tree is frozen on return, or, after a
+    failure, has no registration of ours left (and is the caller's to resume)."""
+    started = time.monotonic()
+    forced = os.environ.get("VZCPT_PRECOPY") == "1"
+    pre = PreCopy()
+    try:
+        for pid in tree.processes():
+            if forced or _anon_bytes(pid) >= MIN_PROCESS:
+                tracked = _track(pid, find_gadget)
+                if tracked is not None:
+                    pre.tracked[pid] = tracked
+        if not pre.tracked:
+            return pre
+        tree.resume()
+        for t in pre.tracked.values():
+            _copy(t, writer, stats)
+        tree.refreeze()
+        for pid in [p for p in pre.tracked if p not in tree.processes()]:
+            os.close(pre.tracked.pop(pid).uffd)  # gone meanwhile: nothing to keep
+    except BaseException:
+        pre.close()
+        raise
+    stats.add_time("pre-copy", time.monotonic() - started)
+    return pre
+
+
+def _anon_bytes(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in procfs.read(pid, "status").splitlines():
+            if line.startswith(b"RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _track(pid: int, find_gadget: Callable[[int, list[MapEntry]], int]) -> Tracked | None:
+    """Register the process's private anonymous writable mappings; None if it
+    cannot be tracked (a userfaultfd refused in it): it is then copied frozen."""
+    mappings = parse_smaps(procfs.read(pid, "smaps"))
+    ranges = [
+        (e.start, e.end)
+        for e, flags in mappings
+        if e.inode == 0
+        and not e.shared
+        and e.writable
+        and not e.path.startswith("[v")  # vdso, vvar, vsyscall
+        and not flags & UFFD_VMFLAGS
+    ]
+    if not ranges:
+        return None
+    task = RemoteTask(pid, find_gadget(pid, [e for e, _ in mappings]))
+    try:
+        flags = os.O_CLOEXEC | os.O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY
+        try:
+            remote_fd = task.call(nr.USERFAULTFD, flags, what="userfaultfd")
+        except VzcptError:
+            return None
+        try:
+            fd = steal_fd(pid, remote_fd)
+        finally:
+            task.call(nr.CLOSE, remote_fd, what="close of the userfaultfd")
+    finally:
+        task.restore_regs()
+    try:
+        uffd.enable_async_wp(fd)
+        pagemap = procfs.open_file(pid, "pagemap", os.O_RDONLY)
+        try:
+            for start, end in ranges:
+                uffd.register_wp(fd, start, end)
+                pagescan.write_protect(pagemap, start, end)
+        finally:
+            os.close(pagemap)
+    except OSError:
+        os.close(fd)  # ends whatever was registered
+        return None
+    return Tracked(pid, fd, ranges)
+
+
+def own_runs(pid: int, ranges: list[Range]) -> list[Range]:
+    """(start, end) of the process's own present or swapped pages within `ranges`."""
+    fd = procfs.open_file(pid, "pagemap", os.O_RDONLY)
+    try:
+        return [
+            run
+            for start, end in ranges
+            for run in pagescan.scan(
+                fd,
+                start,
+                end,
+                anyof=pagescan.PAGE_IS_PRESENT | pagescan.PAGE_IS_SWAPPED,
+                without=pagescan.PAGE_IS_FILE | pagescan.PAGE_IS_PFNZERO,
+            )
+        ]
+    finally:
+        os.close(fd)
+
+
+def _copy(t: Tracked, writer: DumpWriter, stats: Stats) -> None:
+    """Copy the tracked process's own pages while it runs. What it writes
+    meanwhile is caught in the frozen phase; an exit ends the copy early."""
+    buf = bytearray(COPY_BATCH)
+    try:
+        for start, end in own_runs(t.pid, t.registered):
+            for address in range(start, end, COPY_BATCH):
+                length = min(COPY_BATCH, end - address)
+                view = memoryview(buf)[:length]
+                vm.read_ranges(t.pid, [(address, length)], view)
+                writer.write_pages(PRECOPY_OWNER + t.pid, address, view)
+                t.copied.append((address, address + length))
+                stats.pages_precopied += length // PAGE_SIZE
+    except OSError:
+        return  # the process exited or changed its mappings: the frozen phase copies it
+
+
+def valid_ranges(t: Tracked, mappings: list[tuple[MapEntry, frozenset[str]]]) -> list[Range]:
+    """The pre-copied ranges still exact, in a process frozen again (see the module's notes)."""
+    still = [(e.start, e.end) for e, flags in mappings if "uw" in flags and not e.shared]
+    candidates = intersect(t.copied, still)
+    if not candidates:
+        return []
+    fd = procfs.open_file(t.pid, "pagemap", os.O_RDONLY)
+    try:
+        written = [
+            run
+            for start, end in candidates
+            for run in pagescan.scan(fd, start, end, anyof=pagescan.PAGE_IS_WRITTEN)
+        ]
+    finally:
+        os.close(fd)
+    return subtract(intersect(candidates, own_runs(t.pid, candidates)), written)
+
+
+def intersect(a: list[Range], b: list[Range]) -> list[Range]:
+    """The parts common to two lists of ranges (each list: disjoint ranges)."""
+    out: list[Range] = []
+    a, b = sorted(a), sorted(b)
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return _merged(out)
+
+
+def subtract(a: list[Range], b: list[Range]) -> list[Range]:
+    """The parts of `a` outside every range of `b`."""
+    out: list[Range] = []
+    cuts = sorted(b)
+    for start, end in sorted(a):
+        for cut_start, cut_end in cuts:
+            if cut_end <= start or cut_start >= end:
+                continue
+            if cut_start > start:
+                out.append((start, cut_start))
+            start = max(start, cut_end)
+            if start >= end:
+                break
+        if start < end:
+            out.append((start, end))
+    return _merged(out)
+
+
+def _merged(ranges: list[Range]) -> list[Range]:
+    out: list[Range] = []
+    for start, end in sorted(ranges):
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
