@@ -128,7 +128,7 @@ def dump_tree(
             # Everything is captured: a tree that runs on needn't wait for the disk.
             let_go()
             resumed = True
-            stats.add_time("frozen", time.monotonic() - tree.frozen_at)
+            stats.add_time("frozen", tree.frozen_for())
         if dumpfile != "-":
             _sync_and_verify(out, dumpfile, stats)
     except BaseException:
@@ -143,7 +143,7 @@ def dump_tree(
         out.close()
     if leave != "running":
         # The tree is let go (killed or stopped) only once its dump is safe.
-        stats.add_time("frozen", time.monotonic() - tree.frozen_at)
+        stats.add_time("frozen", tree.frozen_for())
         if leave == "kill":
             tree.kill(wait=await_exit)
         else:

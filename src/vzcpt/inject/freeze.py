@@ -33,7 +33,14 @@ class FrozenTree:
     threads: dict[int, list[int]] = field(default_factory=dict)  # pid -> tids, leader first
     zombies: set[int] = field(default_factory=set)
     job_stopped: set[int] = field(default_factory=set)  # processes stopped by SIGSTOP before us
-    frozen_at: float = 0.0
+    frozen_at: float = 0.0  # when it was frozen last
+    frozen_before: float = 0.0  # seconds it spent frozen before that (let run meanwhile)
+    _ran_at: float = 0.0  # when it was last let run
+
+    def frozen_for(self) -> float:
+        """Seconds the programs have been frozen in all, across every time they
+        were let run meanwhile (to drain accept queues, to pre-copy memory)."""
+        return self.frozen_before + time.monotonic() - self.frozen_at
 
     def all_tids(self) -> list[int]:
         return [tid for pid in self.pids for tid in self.threads.get(pid, [])]
@@ -44,6 +51,7 @@ class FrozenTree:
 
     def resume(self) -> None:
         """Let every task run on exactly where it was stopped."""
+        self._ran_at = time.monotonic()
         for tid in self.all_tids():
             _detach_quietly(tid, 0)
 
@@ -52,6 +60,7 @@ class FrozenTree:
 
         If that fails, the tree runs on and this holds nothing to resume.
         """
+        self.frozen_before += self._ran_at - self.frozen_at
         self.pids, self.threads = [], {}
         again = freeze_tree(self.root)
         self.pids, self.threads, self.zombies = again.pids, again.threads, again.zombies
