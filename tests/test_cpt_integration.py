@@ -1,0 +1,150 @@
+"""Every kind of descriptor in one tree, across several checkpoints in a row.
+
+tests/programs/real/everything.py serves TCP clients from another network
+namespace with an epoll loop over a socketpair to its child, an eventfd, a
+timerfd, a signalfd, an inotify watch, a memfd page shared with the child
+and the master of a pty running bash. Each feature has its own tests; here
+they meet: dumped and restored three times in a row, then dumped with
+--leave-running and restored from that dump once the original is gone.
+After each restore every kind must still wake epoll, the clients lose no
+byte (neither one waiting in a queue at dump, nor one sent while the tree
+was gone), and the shell keeps counting where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import Program
+from netns import PYTHON, NetNs, joined_pair
+from test_cpt_tcp import locks
+from vzcpt.kernel.netns import entered
+
+EVERYTHING = Path(__file__).parent / "programs" / "real" / "everything.py"
+TIMEOUT_S = 60.0
+
+
+class Client:
+    """One TCP connection to the server, from the outside namespace."""
+
+    def __init__(self, outside: NetNs, address: str, port: int) -> None:
+        with entered(outside.path):
+            self.sock = socket.create_connection((address, port), timeout=TIMEOUT_S)
+        self.lines = self.sock.makefile("rb")
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\n")
+
+    def read(self) -> str:
+        line = self.lines.readline()
+        assert line.endswith(b"\n"), f"the server closed the connection ({line!r})"
+        return line.decode().strip()
+
+    def ask(self, line: str) -> str:
+        self.send(line)
+        return self.read()
+
+    def close(self) -> None:
+        self.lines.close()
+        self.sock.close()
+
+
+class Server:
+    """everything.py in `inside`, what the test expects of it, and its clients."""
+
+    def __init__(self, prog: Program, inside: NetNs, outside: NetNs, port: int) -> None:
+        self.prog, self.inside, self.outside, self.port = prog, inside, outside, port
+        self.clients: list[Client] = []
+        self.mem = 0  # the child's count in the shared page
+        self.shell = 0  # bash's count
+        self.touched = 0
+
+    def connect(self) -> Client:
+        client = Client(self.outside, self.inside.address, self.port)
+        self.clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
+
+    def check_every_kind(self, client: Client) -> None:
+        """Each descriptor kind wakes the server's epoll once more."""
+        assert client.ask("echo hello") == "hello"
+        assert client.ask("child ping") == "child ping"
+        assert client.ask("kick") == "eventfd 1"
+        assert client.ask("timer") == "timer 1"
+        assert client.ask("signal") == "signal 12"
+        self.touched += 1
+        assert client.ask(f"touch f{self.touched}") == f"inotify f{self.touched}"
+        self.mem += 1
+        assert client.ask("mem") == f"mem {self.mem}"
+        self.shell += 1
+        assert client.ask("sh") == f"sh {self.shell}"
+
+
+@contextlib.contextmanager
+def everything(tmp_path: Path) -> Iterator[Server]:
+    watch = tmp_path / "watched"
+    watch.mkdir()
+    with joined_pair() as (inside, outside):
+        port = random.randrange(20000, 60000)
+        argv = inside.argv([PYTHON, str(EVERYTHING)])
+        with Program.command("everything", argv, inside.address, port, watch, tmp_path=tmp_path) as prog:
+            server = Server(prog, inside, outside, port)
+            try:
+                prog.wait_ready(timeout=TIMEOUT_S)
+                yield server
+            finally:
+                server.close_clients()
+
+
+def dump_and_restore(server: Server, dump: Path, round_: int) -> None:
+    """Kill mode, with a reply waiting in a queue and a request sent while the tree is gone."""
+    first, second = server.clients
+    second.send(f"echo queued-{round_}")  # its reply may be in flight at the dump
+    server.inside.vzcpt("dump", "--pid", server.prog.pid, "--dumpfile", dump, timeout=TIMEOUT_S * 2)
+    server.prog.wait_gone(timeout=TIMEOUT_S)
+    first.send(f"echo while-gone-{round_}")  # retransmitted until the restore
+    server.inside.vzcpt("restore", "--dumpfile", dump, timeout=TIMEOUT_S * 2)
+    assert locks(server.inside) == [], "the lock outlived the restore"
+    assert second.read() == f"queued-{round_}"
+    assert first.read() == f"while-gone-{round_}"
+
+
+def test_everything_three_times_then_left_running(tmp_path: Path) -> None:
+    with everything(tmp_path) as server:
+        server.connect()
+        server.connect()
+        for client in server.clients:
+            server.check_every_kind(client)
+        for round_ in range(3):
+            dump_and_restore(server, tmp_path / f"dump{round_}.img", round_)
+            for client in server.clients:
+                server.check_every_kind(client)
+        dump = tmp_path / "running.img"
+        server.inside.vzcpt("dump", "--leave-running", "-t", server.prog.pid, "-o", dump)
+        assert locks(server.inside) == []
+        for client in server.clients:
+            server.check_every_kind(client)  # it runs on, every kind working
+        # The original's connections die with it (FIN to the clients): the
+        # restored copy serves new ones, its state that of the dump.
+        saved_mem, saved_shell, saved_touched = server.mem, server.shell, server.touched
+        server.prog.kill(timeout=TIMEOUT_S)
+        server.prog.wait_gone(timeout=TIMEOUT_S)
+        server.close_clients()
+        server.inside.vzcpt("restore", "--dumpfile", dump, timeout=TIMEOUT_S * 2)
+        assert locks(server.inside) == []
+        server.mem, server.shell, server.touched = saved_mem - 2, saved_shell - 2, saved_touched
+        server.check_every_kind(server.connect())
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
