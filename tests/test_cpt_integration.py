@@ -14,14 +14,15 @@ was gone), and the shell keeps counting where it was.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import secrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from harness import Program
+from harness import Program, read_stat
 from netns import PYTHON, NetNs, joined_pair
 from test_cpt_tcp import locks
 from vzcpt.kernel.netns import entered
@@ -91,13 +92,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def everything(tmp_path: Path) -> Iterator[Server]:
+def everything(tmp_path: Path, *last: str | int) -> Iterator[Server]:
+    """The server; `last`: what its last child holds, and the name of its POSIX queue."""
     watch = tmp_path / "watched"
     watch.mkdir()
     with joined_pair() as (inside, outside):
         port = random.randrange(20000, 60000)
         argv = inside.argv([PYTHON, str(EVERYTHING)])
-        with Program.command("everything", argv, inside.address, port, watch, tmp_path=tmp_path) as prog:
+        args = (inside.address, port, watch, *last)
+        with Program.command("everything", argv, *args, tmp_path=tmp_path) as prog:
             server = Server(prog, inside, outside, port)
             try:
                 prog.wait_ready(timeout=TIMEOUT_S)
@@ -146,5 +149,82 @@ def test_everything_three_times_then_left_running(tmp_path: Path) -> None:
         server.check_every_kind(server.connect())
 
 
-if __name__ == "__main__":
-    pytest.main([__file__])
+@contextlib.contextmanager
+def mqueue_name() -> Iterator[str]:
+    name = f"/vzt-integ-{secrets.token_hex(4)}"
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/mqueue{name}")
+
+
+def wait_dead(pids: set[int]) -> None:
+    """Every process of `pids` has died (killed ones orphaned to init may wait to be reaped)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        alive = [p for p in pids if (i := read_stat(p)) is not None and i.state != "Z"]
+        if not alive:
+            return
+        assert time.monotonic() < deadline, f"processes left by the failed restore: {alive}"
+        time.sleep(0.05)
+
+
+def test_dump_refused_by_the_last_process_leaves_everything_running(tmp_path: Path) -> None:
+    """The io_uring of the last process is found after the connections of the first
+    were put in repair mode under the lock: all of it is undone, nothing is lost."""
+    with mqueue_name() as queue, everything(tmp_path, "uring", queue) as server:
+        first, second = server.connect(), server.connect()
+        server.check_every_kind(first)
+        assert first.ask("mqsend kept") == "mq"
+        second.send("echo queued")
+        result = server.inside.vzcpt(
+            "dump", "-t", server.prog.pid, "-o", tmp_path / "d.img", check=False
+        )
+        assert result.returncode != 0
+        line = result.stderr.strip()
+        assert "\n" not in line and "io_uring" in line, line
+        assert server.prog.alive() and not (tmp_path / "d.img").exists()
+        assert locks(server.inside) == [], "the lock outlived the failed dump"
+        assert second.read() == "queued"
+        for client in (first, second):
+            server.check_every_kind(client)
+        assert first.ask("mqrecv") == "mq kept"
+        # Out of repair mode for good: a second failed dump finds them as they were.
+        result = server.inside.vzcpt(
+            "dump", "-t", server.prog.pid, "-o", tmp_path / "d.img", check=False
+        )
+        assert result.returncode != 0 and server.prog.alive()
+        server.check_every_kind(second)
+
+
+def test_restore_failing_half_way_leaves_nothing_and_can_be_retried(tmp_path: Path) -> None:
+    """The last process's listener cannot be bound again: every process, pty and
+    socket made before is gone; the dump's lock stays, for the restore that follows."""
+    other = random.randrange(20000, 60000)
+    with mqueue_name() as queue, everything(tmp_path, f"listen:{other}", queue) as server:
+        first = server.connect()
+        server.check_every_kind(first)
+        assert first.ask("mqsend kept") == "mq"
+        pids = server.prog.tree_pids()
+        dump = tmp_path / "d.img"
+        server.inside.vzcpt("dump", "-t", server.prog.pid, "-o", dump)
+        server.prog.wait_gone(timeout=TIMEOUT_S)
+        table = locks(server.inside)
+        assert len(table) == 1
+        with entered(server.inside.path):
+            squatter = socket.create_server((server.inside.address, other))
+        with squatter:
+            result = server.inside.vzcpt("restore", "--dumpfile", dump, check=False)
+        assert result.returncode != 0
+        line = result.stderr.strip()
+        assert "\n" not in line and "Traceback" not in line, line
+        assert line.startswith("vzcpt: error: cannot rebuild a TCP socket"), line
+        wait_dead(pids)
+        assert locks(server.inside) == table, "the dump's lock is gone: a retry would fail"
+        first.send("echo across-the-failure")
+        server.inside.vzcpt("restore", "--dumpfile", dump, timeout=TIMEOUT_S * 2)
+        assert locks(server.inside) == []
+        assert first.read() == "across-the-failure"
+        server.check_every_kind(first)
+        assert first.ask("mqrecv") == "mq kept"

@@ -1,6 +1,6 @@
 """A server that holds every kind of descriptor at once, all in one epoll loop.
 
-    everything.py REPORT HOST PORT WATCHDIR
+    everything.py REPORT HOST PORT WATCHDIR [LAST [QUEUE]]
 
 The server listens on HOST:PORT (TCP) and answers one command per line from
 each client it accepts. Its epoll instance watches, besides the listener and
@@ -18,8 +18,13 @@ Each command is answered only once the descriptor it concerns woke epoll:
     mem       -> mem N                  (the child counts in the shared page)
     sh        -> sh N                   (bash counted c=$((c+1)) on the pty)
 
-Reports READY once listening. Uses only the standard library (ctypes for
-the calls Python 3.11 lacks).
+    mqsend X  -> mq                     (X sent to the POSIX queue QUEUE)
+    mqrecv    -> mq X                   (the oldest message of QUEUE)
+
+With LAST, one more child, forked after every other process, holds what
+LAST names: `uring` an io_uring instance (which vzcpt refuses), `listen:P`
+a TCP socket listening on HOST:P. Reports READY once listening. Uses
+only the standard library (ctypes for the calls Python 3.11 lacks).
 """
 
 import ctypes
@@ -65,6 +70,24 @@ def inotify(path: str) -> int:
     return ifd
 
 
+def last_child(what: str, host: str) -> None:
+    """Hold `what` until killed."""
+    if what == "uring":
+        params = ctypes.create_string_buffer(120)
+        check(libc.syscall(425, 4, params), "io_uring_setup")
+    else:
+        held = socket.create_server((host, int(what.partition(":")[2])))
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    while True:
+        signal.pause()
+
+
+def mqueue(name: str) -> int:
+    rt = ctypes.CDLL("librt.so.1", use_errno=True)
+    rt.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    return check(rt.mq_open(name.encode(), os.O_RDWR | os.O_CREAT, 0o600, None), "mq_open")
+
+
 def child_loop(sock: socket.socket, efd: int, page: mmap.mmap, watchdir: str) -> None:
     reader = sock.makefile("rb")
     for line in reader:
@@ -105,6 +128,8 @@ def start_shell() -> int:
 
 def main() -> None:
     report, host, port, watchdir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    last = sys.argv[5] if len(sys.argv) > 5 else ""
+    mqd = mqueue(sys.argv[6]) if len(sys.argv) > 6 else -1
     efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     mfd = os.memfd_create("everything")
     os.ftruncate(mfd, 4096)
@@ -120,6 +145,8 @@ def main() -> None:
     ifd = inotify(watchdir)
     master = start_shell()
     listener = socket.create_server((host, port), family=socket.AF_INET)
+    if last and os.fork() == 0:
+        last_child(last, host)
     listener.setblocking(False)
     ep = select.epoll()
     for fd in (listener.fileno(), ours.fileno(), efd, tfd, sfd, ifd, master):
@@ -137,6 +164,15 @@ def main() -> None:
         cmd, _, arg = line.partition(" ")
         if cmd == "echo":
             sock.sendall(arg.encode() + b"\n")
+            return
+        if cmd == "mqsend":
+            check(libc.mq_send(mqd, arg.encode(), len(arg), 0), "mq_send")
+            sock.sendall(b"mq\n")
+            return
+        if cmd == "mqrecv":
+            buf = ctypes.create_string_buffer(8192)
+            size = check(libc.mq_receive(mqd, buf, 8192, None), "mq_receive")
+            sock.sendall(b"mq " + buf.raw[:size] + b"\n")
             return
         waiting.setdefault(cmd, []).append(sock)
         if cmd == "timer":
