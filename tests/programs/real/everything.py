@@ -1,6 +1,6 @@
 """A server that holds every kind of descriptor at once, all in one epoll loop.
 
-    everything.py REPORT HOST PORT WATCHDIR [LAST [QUEUE]]
+    everything.py REPORT HOST PORT WATCHDIR [LAST|- [QUEUE]]
 
 The server listens on HOST:PORT (TCP) and answers one command per line from
 each client it accepts. Its epoll instance watches, besides the listener and
@@ -128,7 +128,7 @@ def start_shell() -> int:
 
 def main() -> None:
     report, host, port, watchdir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    last = sys.argv[5] if len(sys.argv) > 5 else ""
+    last = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else ""
     mqd = mqueue(sys.argv[6]) if len(sys.argv) > 6 else -1
     efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     mfd = os.memfd_create("everything")
