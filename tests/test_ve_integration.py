@@ -100,3 +100,86 @@ def test_a_busy_ve_through_every_stage(host: Host, tmp_path: Path) -> None:
         assert verdict.read_text().splitlines()[-1] == "OK", verdict.read_text()
     finally:
         client.close()
+
+
+def test_a_ve_refused_late_runs_on(host: Host) -> None:
+    """The io_uring of the VE's last process is found after the connections were
+    read in repair mode, the VE suspended and locked: all of it is undone."""
+    veid = host.new_veid()
+    ip = address(veid)
+    host.vzctl("create", veid, "--ipadd", ip)
+    host.vzctl("start", veid)
+    root = host.paths.private(veid) / "root"
+    shutil.copy(EVERYTHING, root / "everything.py")
+    (root / "watched").mkdir()
+    port = random.randrange(20000, 60000)
+    start_in_ve(host, veid, "python3", "/root/everything.py", "/root/everything.report", ip,
+                str(port), "/root/watched", "uring", "/vzt-queue")  # fmt: skip
+    host.vzctl("exec", veid, MOUNT)
+    report = root / "everything.report"
+    wait_for("the program to be ready", lambda: ready(report), timeout=TIMEOUT_S)
+    kinds = Kinds()
+    client = Client("", ip, port)
+    try:
+        kinds.check(client)
+        assert client.ask("mqsend kept") == "mq"
+        client.send("echo queued")
+        result = host.vzctl("chkpnt", veid, check=False)
+        assert result.returncode != 0
+        line = result.stderr.strip()
+        assert "\n" not in line and "io_uring" in line, line
+        assert host.vzctl("status", veid).stdout.split()[3:] == ["mounted", "running"]
+        assert not net.is_network_locked(veid)
+        assert client.read() == "queued"
+        kinds.check(client)
+        assert client.ask("mqrecv") == "mq kept"
+        assert host.vzctl("exec", veid, "cat /mnt/t/f").stdout.strip() == "kept"
+        tables = host.vzctl("exec", veid, "nft list tables").stdout
+        assert "vzcpt_" not in tables, tables
+    finally:
+        client.close()
+
+
+def test_a_ve_restore_failing_leaves_it_down_and_can_be_retried(host: Host) -> None:
+    """A file the VE's last process held is gone at restore: nothing of the VE
+    runs, no veth is left; once the file is back, the restore succeeds and the
+    client on the host, waiting all along, goes on."""
+    veid = host.new_veid()
+    ip = address(veid)
+    host.vzctl("create", veid, "--ipadd", ip)
+    host.vzctl("start", veid)
+    root = host.paths.private(veid) / "root"
+    shutil.copy(EVERYTHING, root / "everything.py")
+    (root / "watched").mkdir()
+    (root / "held").write_text("held\n")
+    port = random.randrange(20000, 60000)
+    start_in_ve(host, veid, "python3", "/root/everything.py", "/root/everything.report", ip,
+                str(port), "/root/watched", "open:/root/held", "/vzt-queue")  # fmt: skip
+    report = root / "everything.report"
+    wait_for("the program to be ready", lambda: ready(report), timeout=TIMEOUT_S)
+    kinds = Kinds()
+    client = Client("", ip, port)
+    try:
+        kinds.check(client)
+        assert client.ask("mqsend kept") == "mq"
+        host.vzctl("chkpnt", veid)
+        down = host.vzctl("status", veid).stdout
+        (root / "held").rename(root / "held.away")
+        result = host.vzctl("restore", veid, check=False)
+        assert result.returncode != 0
+        line = result.stderr.strip()
+        assert "\n" not in line and "/root/held" in line, line
+        assert host.vzctl("status", veid).stdout == down
+        assert net.host_ifname(veid) not in links()
+        client.send("echo across-the-failure")
+        (root / "held.away").rename(root / "held")
+        host.vzctl("restore", veid)
+        assert client.read() == "across-the-failure"
+        kinds.check(client)
+        assert client.ask("mqrecv") == "mq kept"
+    finally:
+        client.close()
+
+
+def links() -> str:
+    return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -23,8 +23,9 @@ Each command is answered only once the descriptor it concerns woke epoll:
 
 With LAST, one more child, forked after every other process, holds what
 LAST names: `uring` an io_uring instance (which vzcpt refuses), `listen:P`
-a TCP socket listening on HOST:P. Reports READY once listening. Uses
-only the standard library (ctypes for the calls Python 3.11 lacks).
+a TCP socket listening on HOST:P, `open:PATH` the file PATH open. Reports
+READY once listening. Uses only the standard library (ctypes for the calls
+Python 3.11 lacks).
 """
 
 import ctypes
@@ -75,6 +76,8 @@ def last_child(what: str, host: str) -> None:
     if what == "uring":
         params = ctypes.create_string_buffer(120)
         check(libc.syscall(425, 4, params), "io_uring_setup")
+    elif what.startswith("open:"):
+        held = open(what[5:], "rb")  # noqa: SIM115
     else:
         held = socket.create_server((host, int(what.partition(":")[2])))
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
