@@ -14,7 +14,7 @@ was gone), and the shell keeps counting where it was.
 from __future__ import annotations
 
 import contextlib
-import os
+import ctypes
 import random
 import secrets
 import socket
@@ -162,12 +162,13 @@ def test_everything_three_times_then_left_running(tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def mqueue_name() -> Iterator[str]:
+    """A name for the server's POSIX queue, removed at the end (the host may not mount
+    /dev/mqueue)."""
     name = f"/vzt-integ-{secrets.token_hex(4)}"
     try:
         yield name
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"/dev/mqueue{name}")
+        ctypes.CDLL(None).mq_unlink(name.encode())
 
 
 def wait_dead(pids: set[int]) -> None:
@@ -211,9 +212,12 @@ def test_dump_refused_by_the_last_process_leaves_everything_running(tmp_path: Pa
 
 def test_restore_failing_half_way_leaves_nothing_and_can_be_retried(tmp_path: Path) -> None:
     """The last process's listener cannot be bound again: every process, pty and
-    socket made before is gone; the dump's lock stays, for the restore that follows."""
+    socket made before is gone, and the socket file a listener of the first
+    one was bound to again (removed since the dump); the dump's lock stays, for
+    the restore that follows."""
     other = random.randrange(20000, 60000)
-    with mqueue_name() as queue, everything(tmp_path, f"listen:{other}", queue) as server:
+    named = tmp_path / "named.sock"
+    with mqueue_name() as queue, everything(tmp_path, f"listen:{other}", queue, named) as server:
         first = server.connect()
         server.check_every_kind(first)
         assert first.ask("mqsend kept") == "mq"
@@ -223,6 +227,7 @@ def test_restore_failing_half_way_leaves_nothing_and_can_be_retried(tmp_path: Pa
         server.prog.wait_gone(timeout=TIMEOUT_S)
         table = locks(server.inside)
         assert len(table) == 1
+        named.unlink()
         with entered(server.inside.path):
             squatter = socket.create_server((server.inside.address, other))
         with squatter:
@@ -232,6 +237,7 @@ def test_restore_failing_half_way_leaves_nothing_and_can_be_retried(tmp_path: Pa
         assert "\n" not in line and "Traceback" not in line, line
         assert line.startswith("vzcpt: error: cannot rebuild a TCP socket"), line
         wait_dead(pids)
+        assert not named.exists(), "the failed restore left a socket file"
         assert locks(server.inside) == table, "the dump's lock is gone: a retry would fail"
         first.send("echo across-the-failure")
         server.inside.vzcpt("restore", "--dumpfile", dump, timeout=TIMEOUT_S * 2)

@@ -1,6 +1,6 @@
 """A server that holds every kind of descriptor at once, all in one epoll loop.
 
-    everything.py REPORT HOST PORT WATCHDIR [LAST|- [QUEUE]]
+    everything.py REPORT HOST PORT WATCHDIR [LAST|- [QUEUE [UNIXPATH]]]
 
 The server listens on HOST:PORT (TCP) and answers one command per line from
 each client it accepts. Its epoll instance watches, besides the listener and
@@ -25,7 +25,8 @@ With LAST, one more child, forked after every other process, holds what
 LAST names: `uring` an io_uring instance (which vzcpt refuses), `listen:P`
 a TCP socket listening on HOST:P, `open:PATH` the file PATH open. Reports
 READY once listening. Uses only the standard library (ctypes for the calls
-Python 3.11 lacks).
+Python 3.11 lacks). With UNIXPATH, the server also holds a unix listener
+bound there.
 """
 
 import ctypes
@@ -87,8 +88,9 @@ def last_child(what: str, host: str) -> None:
 
 def mqueue(name: str) -> int:
     rt = ctypes.CDLL("librt.so.1", use_errno=True)
-    rt.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-    return check(rt.mq_open(name.encode(), os.O_RDWR | os.O_CREAT, 0o600, None), "mq_open")
+    rt.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p]
+    attr = struct.pack("8q", 0, 4, 256, 0, 0, 0, 0, 0)  # small: the user's mqueue bytes are few
+    return check(rt.mq_open(name.encode(), os.O_RDWR | os.O_CREAT, 0o600, attr), "mq_open")
 
 
 def child_loop(sock: socket.socket, efd: int, page: mmap.mmap, watchdir: str) -> None:
@@ -148,6 +150,10 @@ def main() -> None:
     ifd = inotify(watchdir)
     master = start_shell()
     listener = socket.create_server((host, port), family=socket.AF_INET)
+    if len(sys.argv) > 7:
+        named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        named.bind(sys.argv[7])
+        named.listen(4)
     if last and os.fork() == 0:
         last_child(last, host)
     listener.setblocking(False)
