@@ -121,15 +121,24 @@ def everything(tmp_path: Path, *last: str | int) -> Iterator[Server]:
 
 def dump_and_restore(server: Server, dump: Path, round_: int) -> None:
     """Kill mode, with a reply waiting in a queue and a request sent while the tree is gone."""
-    first, second = server.clients
+    first, second = server.clients[:2]
     second.send(f"echo queued-{round_}")  # its reply may be in flight at the dump
+    # Large enough to fill the queues on both sides of the connection.
+    big = f"{round_}-" + random.randbytes(300_000).hex()
+    first.sock.sendall(f"echo {big[:100]}\necho {big}\n".encode())
+    latecomer = server.connect()  # maybe not accepted yet: the dump drains the queue
     server.inside.vzcpt("dump", "--pid", server.prog.pid, "--dumpfile", dump, timeout=TIMEOUT_S * 2)
     server.prog.wait_gone(timeout=TIMEOUT_S)
     first.send(f"echo while-gone-{round_}")  # retransmitted until the restore
     server.inside.vzcpt("restore", "--dumpfile", dump, timeout=TIMEOUT_S * 2)
     assert locks(server.inside) == [], "the lock outlived the restore"
     assert second.read() == f"queued-{round_}"
+    assert first.read() == big[:100]
+    assert first.read() == big
     assert first.read() == f"while-gone-{round_}"
+    assert latecomer.ask(f"echo late-{round_}") == f"late-{round_}"
+    server.clients.remove(latecomer)
+    latecomer.close()
 
 
 def test_everything_three_times_then_left_running(tmp_path: Path) -> None:
