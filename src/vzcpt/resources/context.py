@@ -112,6 +112,9 @@ class RestoreContext:
     # make itself, so that the kernel records who made them (a unix connect()
     # or listen(): SO_PEERCRED).
     as_owners: list[Callable[[dict[int, RemoteTask]], None]] = field(default_factory=list)
+    # Run, last first, if the restore fails: what it made that outlives its
+    # processes (socket files bound to paths that had none).
+    undo: list[Callable[[], None]] = field(default_factory=list)
     # The tree continues as a job on the restorer's terminal (its standard input).
     shell_job: bool = False
     # The network namespace the programs' sockets are made in (/proc/PID/ns/net
@@ -126,6 +129,13 @@ class RestoreContext:
     def host_path(self, path: str) -> str:
         """The path by which the restorer reaches a file the programs name `path`."""
         return self.fs_root + path
+
+    def undo_all(self) -> None:
+        """The restore failed: remove what it made outside the processes."""
+        for step in reversed(self.undo):
+            with contextlib.suppress(OSError):
+                step()
+        self.undo.clear()
 
     def close(self) -> None:
         self.page_writers.shutdown(wait=True)  # they use the image and the descriptors

@@ -26,8 +26,8 @@
               registers loaded, a shell job given the terminal
               (restore/shelljob.py), and every task detached at once
 
-Any failure before `release` kills every process created so far: a failed
-restore leaves nothing behind.
+Any failure before `release` kills every process created so far and removes
+the socket files bound anew: a failed restore leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ def _restore(
         if shell_job:
             shelljob.hand_over(procs, header.root, files.values())
     except BaseException:
+        ctx.undo_all()  # while a VE's files are still reachable through its seed
         builder.kill_all()
         seed.kill()
         ctx.close()

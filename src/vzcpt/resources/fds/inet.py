@@ -203,7 +203,7 @@ class InetHandler:
             except OSError as exc:
                 sock.close()
                 raise VzcptError(
-                    f"cannot rebuild the {describe_record(rec)} socket ({exc.strerror}): restore "
+                    f"cannot rebuild {describe_record(rec)} ({exc.strerror}): restore "
                     "where its addresses exist, in the network namespace it was dumped from"
                 ) from exc
             except BaseException:

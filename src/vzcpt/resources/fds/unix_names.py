@@ -11,7 +11,8 @@ the restorer's thread stepping into the VE's network namespace
 (kernel/netns.py), so that sock_diag finds it there at the next checkpoint.
 
 A socket file left at the path (by the dumped socket) is replaced, its mode
-and owner kept.
+and owner kept. One made where there was none is removed if the restore
+fails (`RestoreContext.undo`): the path is left as the restore found it.
 """
 
 from __future__ import annotations
@@ -34,12 +35,32 @@ File = tuple[int, int, int]  # a socket file's mode, uid, gid
 def by_name(ctx: RestoreContext, name: bytes, work: Callable[[], list[int]]) -> list[socket.socket]:
     """Sockets `work` makes where `name` means what it meant to the programs: in
     our namespaces, or in a VE's network and mount namespaces."""
+    # The file a path name makes, as the restorer reaches it (not a VE's relative
+    # name: relative to a directory inside the VE).
+    path = ""
+    if name.startswith(b"/") or not (name.startswith(b"\0") or ctx.fs_root):
+        path = ctx.host_path(os.fsdecode(name))
+    was_there = bool(path) and os.path.lexists(path)
     if ctx.ns_pid:
         what = f"make unix socket {os.fsdecode(name)!r} again"
         fds = descriptors_in_namespaces(ctx.ns_pid, ("net", "mnt"), work, what)
     else:
         fds = work()
+    if path and not was_there and _is_socket(path):
+        ctx.undo.append(lambda: _remove_socket(path))
     return [socket.socket(fileno=fd) for fd in fds]
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _remove_socket(path: str) -> None:
+    if _is_socket(path):
+        os.unlink(path)
 
 
 def unnamed(ctx: RestoreContext, kind: int) -> socket.socket:
