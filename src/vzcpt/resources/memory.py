@@ -44,6 +44,7 @@ from vzcpt.proc.stat import parse_stat
 from vzcpt.resources import pages, precopy, shmem
 from vzcpt.resources.context import DumpContext, RestoreContext
 from vzcpt.resources.fds import memfd
+from vzcpt.resources.ranges import intersect
 
 SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
 BATCH_BYTES = 64 << 20
@@ -321,7 +322,7 @@ def _precopied_runs(ctx: RestoreContext, mm: MmRecord) -> list[PageRun]:
     out: list[PageRun] = []
     for run in runs:
         span = [(run.address, run.address + len(run.data))]
-        for start, end in precopy.intersect(span, valid):
+        for start, end in intersect(span, valid):
             piece = run.data[start - run.address : end - run.address]
             out.append(PageRun(run.owner, start, piece))
     return out

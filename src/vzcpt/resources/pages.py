@@ -18,11 +18,12 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
+from vzcpt.image.stream import DumpWriter
 from vzcpt.kernel import pagescan, vm
 from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
-from vzcpt.resources import precopy
 from vzcpt.resources.context import DumpContext
+from vzcpt.resources.ranges import subtract
 
 BATCH_BYTES = 16 << 20  # pages copied per process_vm_readv round
 
@@ -48,7 +49,7 @@ def dump_private_pages(
     size = 0
     runs = _own_page_runs(pid, vmas)
     if skip:
-        ends = precopy.subtract([(a, a + n) for a, n in runs], skip)
+        ends = subtract([(a, a + n) for a, n in runs], skip)
         runs = [(start, end - start) for start, end in ends]
     for address, length in runs:
         for offset in range(0, length, BATCH_BYTES):
@@ -121,18 +122,28 @@ def _buffer(ctx: DumpContext, which: int, length: int) -> memoryview:
 
 def write_nonzero(ctx: DumpContext, owner: int, address: int, buf: bytearray | memoryview) -> None:
     """Write the pages of buf that are not all zeros, as runs."""
+    stored, zero = store_nonzero(ctx.writer, owner, address, buf)
+    ctx.stats.pages_zero += zero
+    ctx.stats.pages += stored
+    ctx.stats.bytes += stored * PAGE_SIZE
+    ctx.stats.progress("dumping memory")
+
+
+def store_nonzero(
+    writer: DumpWriter, owner: int, address: int, buf: bytearray | memoryview
+) -> tuple[int, int]:
+    """Write the pages of buf that are not all zeros, as runs; return how many
+    pages were stored and how many were zeros (a restore reads those back as
+    zeros from fresh memory)."""
     view = memoryview(buf)
     zero = _zero_pages(view)
-    ctx.stats.pages_zero += len(zero)
     first = 0
     for stop in [*zero, len(view) // PAGE_SIZE]:
         if stop > first:
             data = view[first * PAGE_SIZE : stop * PAGE_SIZE]
-            ctx.writer.write_pages(owner, address + first * PAGE_SIZE, data)
-            ctx.stats.pages += stop - first
-            ctx.stats.bytes += (stop - first) * PAGE_SIZE
+            writer.write_pages(owner, address + first * PAGE_SIZE, data)
         first = stop + 1
-    ctx.stats.progress("dumping memory")
+    return len(view) // PAGE_SIZE - len(zero), len(zero)
 
 
 ZERO_PAGE = bytes(PAGE_SIZE)

@@ -26,6 +26,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vzcpt.errors import VzcptError
@@ -34,18 +35,17 @@ from vzcpt.inject.freeze import FrozenTree
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, pagescan, uffd, vm
 from vzcpt.kernel.fds import steal_fd
-from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry, parse_smaps
 from vzcpt.resources.context import Stats
+from vzcpt.resources.pages import store_nonzero
+from vzcpt.resources.ranges import Range, intersect, subtract
 
 PRECOPY_OWNER = 1 << 32  # page-run owners PRECOPY_OWNER + pid (below shmem.SHARED_OWNER)
 THRESHOLD = 64 << 20  # anonymous memory of the tree worth a pre-copy
-MIN_PROCESS = 1 << 20  # a smaller process is copied while frozen only
+MIN_PROCESS = 16 << 20  # smaller processes cost little frozen: no tracking for them
 UFFD_VMFLAGS = frozenset({"uw", "um", "ui"})  # already registered by the program itself
 COPY_BATCH = 16 << 20
-
-Range = tuple[int, int]
 
 
 @dataclass
@@ -188,19 +188,32 @@ def own_runs(pid: int, ranges: list[Range]) -> list[Range]:
 
 def _copy(t: Tracked, writer: DumpWriter, stats: Stats) -> None:
     """Copy the tracked process's own pages while it runs. What it writes
-    meanwhile is caught in the frozen phase; an exit ends the copy early."""
-    buf = bytearray(COPY_BATCH)
-    try:
-        for start, end in own_runs(t.pid, t.registered):
-            for address in range(start, end, COPY_BATCH):
-                length = min(COPY_BATCH, end - address)
-                view = memoryview(buf)[:length]
+    meanwhile is caught in the frozen phase; an exit ends the copy early.
+
+    As in resources/pages.py, two buffers take turns: one is written out (its
+    zero pages skipped) by a second thread while the next is read, so both
+    cores work.
+    """
+    batches = [
+        (address, min(COPY_BATCH, end - address))
+        for start, end in own_runs(t.pid, t.registered)
+        for address in range(start, end, COPY_BATCH)
+    ]
+    buffers = (bytearray(COPY_BATCH), bytearray(COPY_BATCH))
+    writing: Future[tuple[int, int]] | None = None
+    with ThreadPoolExecutor(max_workers=1) as out:
+        try:
+            for n, (address, length) in enumerate(batches):
+                view = memoryview(buffers[n % 2])[:length]
                 vm.read_ranges(t.pid, [(address, length)], view)
-                writer.write_pages(PRECOPY_OWNER + t.pid, address, view)
+                if writing is not None:
+                    stats.pages_precopied += writing.result()[0]
+                writing = out.submit(store_nonzero, writer, PRECOPY_OWNER + t.pid, address, view)
                 t.copied.append((address, address + length))
-                stats.pages_precopied += length // PAGE_SIZE
-    except OSError:
-        return  # the process exited or changed its mappings: the frozen phase copies it
+        except OSError:
+            pass  # the process exited or changed its mappings: the frozen phase copies it
+        if writing is not None:
+            stats.pages_precopied += writing.result()[0]
 
 
 def valid_ranges(t: Tracked, mappings: list[tuple[MapEntry, frozenset[str]]]) -> list[Range]:
@@ -219,47 +232,3 @@ def valid_ranges(t: Tracked, mappings: list[tuple[MapEntry, frozenset[str]]]) ->
     finally:
         os.close(fd)
     return subtract(intersect(candidates, own_runs(t.pid, candidates)), written)
-
-
-def intersect(a: list[Range], b: list[Range]) -> list[Range]:
-    """The parts common to two lists of ranges (each list: disjoint ranges)."""
-    out: list[Range] = []
-    a, b = sorted(a), sorted(b)
-    i = j = 0
-    while i < len(a) and j < len(b):
-        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if start < end:
-            out.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return _merged(out)
-
-
-def subtract(a: list[Range], b: list[Range]) -> list[Range]:
-    """The parts of `a` outside every range of `b`."""
-    out: list[Range] = []
-    cuts = sorted(b)
-    for start, end in sorted(a):
-        for cut_start, cut_end in cuts:
-            if cut_end <= start or cut_start >= end:
-                continue
-            if cut_start > start:
-                out.append((start, cut_start))
-            start = max(start, cut_end)
-            if start >= end:
-                break
-        if start < end:
-            out.append((start, end))
-    return _merged(out)
-
-
-def _merged(ranges: list[Range]) -> list[Range]:
-    out: list[Range] = []
-    for start, end in sorted(ranges):
-        if out and out[-1][1] == start:
-            out[-1] = (out[-1][0], end)
-        else:
-            out.append((start, end))
-    return out
