@@ -38,6 +38,7 @@ class ProcStatus:
     cap_amb: int
     no_new_privs: int
     seccomp: int
+    rss_anon: int = 0  # bytes of resident anonymous memory (RssAnon); 0 without an mm
 
 
 _ESCAPES = {"n": "\n", "\\": "\\", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a"}
@@ -113,6 +114,7 @@ def parse_status(data: bytes) -> ProcStatus:
         cap_amb=hex_("CapAmb"),
         no_new_privs=dec("NoNewPrivs"),
         seccomp=dec("Seccomp"),
+        rss_anon=int(kv["RssAnon"].split()[0]) * 1024 if "RssAnon" in kv else 0,
     )
 
 

@@ -37,6 +37,7 @@ from vzcpt.kernel import nr, pagescan, uffd, vm
 from vzcpt.kernel.fds import steal_fd
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry, parse_smaps
+from vzcpt.proc.status import parse_status
 from vzcpt.resources.context import Stats
 from vzcpt.resources.pages import store_nonzero
 from vzcpt.resources.ranges import Range, intersect, subtract
@@ -118,9 +119,7 @@ def run(
 
 def _anon_bytes(pid: int) -> int:
     with contextlib.suppress(OSError, ValueError):
-        for line in procfs.read(pid, "status").splitlines():
-            if line.startswith(b"RssAnon:"):
-                return int(line.split()[1]) * 1024
+        return parse_status(procfs.read(pid, "status")).rss_anon
     return 0
 
 
