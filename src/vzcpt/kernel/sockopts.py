@@ -19,12 +19,14 @@ does not offer on a given socket instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import struct
 import sys
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 OptionKind = Literal["int", "linger", "timeval", "name"]
 
@@ -115,3 +117,38 @@ def connecting_peer(sock: socket.socket) -> tuple[str, int] | tuple[str, int, in
         return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
     flowinfo, scope_id = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder)
     return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope_id
+
+
+SO_PEEK_OFF = 42
+PeekedMessage = tuple[bytes, list[tuple[int, int, bytes]], Any]  # data, ancillary, sender
+
+
+@contextlib.contextmanager
+def peeking(sock: socket.socket, *, credentials: bool = False) -> Iterator[None]:
+    """For the while, each MSG_PEEK read moves past the message it read and
+    leaves it queued (SO_PEEK_OFF at 0), so the whole queue can be read
+    without taking anything. With `credentials`, SO_PASSCRED is on too: every
+    unix message then comes with its sender's credentials, which tells an
+    empty message from the end of a stream. Both options are put back."""
+    old_offset = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    old_passcred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) if credentials else None
+    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    try:
+        if credentials:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        yield
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old_offset)
+        if old_passcred is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, old_passcred)
+
+
+def peek_next(sock: socket.socket, size: int, ancillary_space: int = 0) -> PeekedMessage | None:
+    """The next queued message, left in place (inside `peeking`); None once none is left."""
+    try:
+        data, ancillary, _, sender = sock.recvmsg(
+            size, ancillary_space, socket.MSG_PEEK | socket.MSG_DONTWAIT
+        )
+    except BlockingIOError:
+        return None
+    return data, ancillary, sender

@@ -53,6 +53,8 @@ from vzcpt.kernel.sockopts import (
     OptionKind,
     buffer_sizes,
     connecting_peer,
+    peek_next,
+    peeking,
     readable,
     set_buffer_sizes,
     set_option,
@@ -65,7 +67,6 @@ from vzcpt.resources.fds import FileDesc
 from vzcpt.resources.fds import tcp as tcp_stream
 from vzcpt.resources.fds.inet_record import Datagram, Endpoint, InetSocketRecord
 
-SO_PEEK_OFF = 42
 UDP_CORK = 1
 STATUS_FLAGS = os.O_NONBLOCK
 RESTORED = "tcp-restored"  # RestoreContext.extra: connections waiting to leave repair mode
@@ -336,18 +337,11 @@ def _dump_udp(
 
 def _peek_datagrams(sock: socket.socket) -> list[Datagram]:
     """Every datagram waiting, in order, with its sender, left in place."""
-    old = sock.getsockopt(_S, SO_PEEK_OFF)
-    sock.setsockopt(_S, SO_PEEK_OFF, 0)
     found = []
-    try:
-        while True:
-            try:
-                data, _, _, sender = sock.recvmsg(1 << 16, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
+    with peeking(sock):
+        while (message := peek_next(sock, 1 << 16)) is not None:
+            data, _, sender = message
             found.append(Datagram(_endpoint(sender), data))
-    finally:
-        sock.setsockopt(_S, SO_PEEK_OFF, old)
     return found
 
 

@@ -33,7 +33,7 @@ import stat
 
 from vzcpt.errors import Unsupported, VzcptError
 from vzcpt.kernel.sockdiag import SHUT_BY_DIAG, UnixSock, unix_sockets
-from vzcpt.kernel.sockopts import socket_kind
+from vzcpt.kernel.sockopts import peek_next, peeking, socket_kind
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.resources.context import DumpContext, RestoreContext
@@ -48,7 +48,6 @@ from vzcpt.resources.fds.unix_names import (
     unnamed_pair,
 )
 
-SO_PEEK_OFF = 42
 STATE_LISTEN = 10
 STATUS_FLAGS = os.O_NONBLOCK
 # Room for the most descriptors one message carries, and for the sender's credentials.
@@ -193,27 +192,17 @@ def _socket_file(pid: int, name: bytes) -> os.stat_result | None:
 
 
 def _peek_all(sock: socket.socket, where: str) -> list[bytes]:
-    """Every queued message, in order, left in place (SO_PEEK_OFF walks past each).
+    """Every queued message, in order, left in place.
 
     An empty read ends a stream. A seqpacket socket reads empty too once its peer
-    has shut down, but a message may be empty: SO_PASSCRED, on for the while,
-    tells them apart, since every message then comes with its sender's credentials.
+    has shut down, but a message may be empty: with the sender's credentials on
+    every message for the while, the two tell apart.
     """
     seqpacket = sock.type == socket.SOCK_SEQPACKET
-    old_offset = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
-    old_passcred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
-    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-    if seqpacket:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     messages = []
-    try:
-        while True:
-            try:
-                data, ancillary, _, _ = sock.recvmsg(
-                    1 << 20, ANCILLARY_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT
-                )
-            except BlockingIOError:
-                break
+    with peeking(sock, credentials=seqpacket):
+        while (message := peek_next(sock, 1 << 20, ANCILLARY_SPACE)) is not None:
+            data, ancillary, _ = message
             kinds = {kind for level, kind, _ in ancillary if level == socket.SOL_SOCKET}
             if socket.SCM_RIGHTS in kinds:
                 raise Unsupported(
@@ -226,9 +215,6 @@ def _peek_all(sock: socket.socket, where: str) -> list[bytes]:
             ):
                 break  # end of stream: the peer shut down its sending side
             messages.append(data)
-    finally:
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old_offset)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, old_passcred)
     return messages
 
 
