@@ -155,6 +155,16 @@ class Handler(Protocol):
         ...
 
 
+class AnonInodeKind:
+    """A kind told by its /proc link alone, as anonymous-inode files are
+    ("anon_inode:[eventfd]"): a handler names its `link` and claims just those."""
+
+    link: str
+
+    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
+        return link == self.link
+
+
 def catalogue() -> list[Handler]:
     from vzcpt.resources.fds import (
         chrdev,

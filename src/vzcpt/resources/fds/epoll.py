@@ -49,7 +49,7 @@ from vzcpt.kernel.eventfds import (
 )
 from vzcpt.proc.fdinfo import FdInfo, epoll_targets
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FdEntry, FileDesc
+from vzcpt.resources.fds import AnonInodeKind, FdEntry, FileDesc
 
 LINK = "anon_inode:[eventpoll]"
 WATCHES_PER_BATCH = 3000  # their events fit the scratch area below the fd channel's
@@ -97,11 +97,9 @@ class EpollRecord:
         return f"{len(self.watches)} watches"
 
 
-class EpollHandler:
+class EpollHandler(AnonInodeKind):
     kind = "epoll"
-
-    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
-        return link == LINK
+    link = LINK
 
     def dump(
         self,

@@ -15,7 +15,7 @@ from vzcpt.errors import CorruptDump
 from vzcpt.kernel.eventfds import eventfd
 from vzcpt.proc.fdinfo import FdInfo, eventfd_state
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds import AnonInodeKind, FileDesc
 
 EFD_SEMAPHORE = 1
 LINK = "anon_inode:[eventfd]"
@@ -30,11 +30,9 @@ class EventfdRecord:
         return f"count {self.count}{' semaphore' if self.semaphore else ''}"
 
 
-class EventfdHandler:
+class EventfdHandler(AnonInodeKind):
     kind = "eventfd"
-
-    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
-        return link == LINK
+    link = LINK
 
     def dump(
         self,

@@ -36,7 +36,7 @@ from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo, InotifyMark, inotify_marks
 from vzcpt.proc.mountinfo import parse_mountinfo
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds import AnonInodeKind, FileDesc
 
 LINK = "anon_inode:inotify"
 DELETED = " (deleted)"
@@ -98,11 +98,9 @@ def _watched_path(pid: int, mark: InotifyMark, where: str) -> str:
     raise Unsupported(f"{where} watches inode {mark.ino} on device {dev}, which is not mounted")
 
 
-class InotifyHandler:
+class InotifyHandler(AnonInodeKind):
     kind = "inotify"
-
-    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
-        return link == LINK
+    link = LINK
 
     def dump(
         self,

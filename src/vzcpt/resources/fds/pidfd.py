@@ -18,7 +18,7 @@ from vzcpt.errors import CorruptDump, Unsupported
 from vzcpt.kernel.fds import pidfd_open
 from vzcpt.proc.fdinfo import FdInfo, pidfd_pid
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds import AnonInodeKind, FileDesc
 
 LINK = "anon_inode:[pidfd]"
 PIDFD_THREAD = os.O_EXCL
@@ -33,11 +33,9 @@ class PidfdRecord:
         return "of a process already reaped" if self.pid == GONE else f"of process {self.pid}"
 
 
-class PidfdHandler:
+class PidfdHandler(AnonInodeKind):
     kind = "pidfd"
-
-    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
-        return link == LINK
+    link = LINK
 
     def dump(
         self,

@@ -15,7 +15,7 @@ from vzcpt.errors import CorruptDump
 from vzcpt.kernel.eventfds import signalfd
 from vzcpt.proc.fdinfo import FdInfo, signalfd_mask
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds import AnonInodeKind, FileDesc
 
 LINK = "anon_inode:[signalfd]"
 
@@ -29,11 +29,9 @@ class SignalfdRecord:
         return "signals " + (" ".join(map(str, signals)) or "none")
 
 
-class SignalfdHandler:
+class SignalfdHandler(AnonInodeKind):
     kind = "signalfd"
-
-    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
-        return link == LINK
+    link = LINK
 
     def dump(
         self,

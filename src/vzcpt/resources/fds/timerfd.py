@@ -31,7 +31,7 @@ from vzcpt.kernel.eventfds import (
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo, TimerfdInfo, parse_fdinfo, timerfd_state
 from vzcpt.resources.context import DumpContext, RestoreContext
-from vzcpt.resources.fds import FileDesc
+from vzcpt.resources.fds import AnonInodeKind, FileDesc
 
 LINK = "anon_inode:[timerfd]"
 CLOCK_NAMES = {
@@ -83,11 +83,9 @@ def _settled_state(pid: int, fd: int, local: int) -> TimerfdInfo:
     )
 
 
-class TimerfdHandler:
+class TimerfdHandler(AnonInodeKind):
     kind = "timerfd"
-
-    def claims(self, link: str, st: os.stat_result, local: int) -> bool:
-        return link == LINK
+    link = LINK
 
     def dump(
         self,
