@@ -126,3 +126,28 @@ def write_mem(pid: int, address: int, data: bytes) -> None:
 
 
 PAGE_SIZE = 4096
+
+
+class PrctlMmMap(ctypes.Structure):
+    """struct prctl_mm_map (include/uapi/linux/prctl.h)."""
+
+    _fields_ = [
+        (n, ctypes.c_uint64)
+        for n in [
+            "start_code",
+            "end_code",
+            "start_data",
+            "end_data",
+            "start_brk",
+            "brk",
+            "start_stack",
+            "arg_start",
+            "arg_end",
+            "env_start",
+            "env_end",
+            "auxv",
+        ]
+    ] + [("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
+
+
+MM_MAP_SIZE = ctypes.sizeof(PrctlMmMap)

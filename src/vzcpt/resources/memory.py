@@ -17,7 +17,6 @@ shared them (resources/shmem.py, resources/fds/memfd.py).
 
 from __future__ import annotations
 
-import ctypes
 import os
 from dataclasses import dataclass, field
 
@@ -36,7 +35,7 @@ from vzcpt.inject.remote import (
     RemoteTask,
 )
 from vzcpt.kernel import nr, vm
-from vzcpt.kernel.vm import PAGE_SIZE
+from vzcpt.kernel.vm import MM_MAP_SIZE, PAGE_SIZE, PrctlMmMap
 from vzcpt.proc import files as procfs
 from vzcpt.proc.auxv import parse_auxv
 from vzcpt.proc.maps import MapEntry, parse_maps, parse_smaps
@@ -215,28 +214,6 @@ def _has_own_pages(vma: VmaRecord) -> bool:
 
 
 # ---------------------------------------------------------------- restore
-
-
-class _MmMap(ctypes.Structure):
-    """struct prctl_mm_map (include/uapi/linux/prctl.h)."""
-
-    _fields_ = [
-        (n, ctypes.c_uint64)
-        for n in [
-            "start_code",
-            "end_code",
-            "start_data",
-            "end_data",
-            "start_brk",
-            "brk",
-            "start_stack",
-            "arg_start",
-            "arg_end",
-            "env_start",
-            "env_end",
-            "auxv",
-        ]
-    ] + [("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
 
 
 def check_files(fs_root: str, mm: MmRecord, pid: int) -> None:
@@ -441,12 +418,12 @@ def _place_specials(task: RemoteTask, mm: MmRecord, parked: dict[str, tuple[int,
 def _set_mm_map(task: RemoteTask, mm: MmRecord, exe_fd: int) -> None:
     """Queue prctl(PR_SET_MM_MAP): the saved mm fields, auxv and exe link."""
     auxv = b"".join(v.to_bytes(8, "little") for v in mm.auxv) + bytes(16)
-    size = ctypes.sizeof(_MmMap)
+    size = MM_MAP_SIZE
 
     def fields(address: int) -> bytes:  # the struct, then the auxv it points to
         return (
             bytes(
-                _MmMap(
+                PrctlMmMap(
                     mm.start_code,
                     mm.end_code,
                     mm.start_data,
