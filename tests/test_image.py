@@ -278,6 +278,68 @@ def test_large_run_is_split(tmp_path: Path) -> None:
             assert bytes(runs[1].data[-PAGE:]) == data[-PAGE:]
 
 
+def test_reserved_blocks_are_given_back(tmp_path: Path) -> None:
+    path = tmp_path / "reserved.img"
+    with create_dumpfile(str(path)) as f, DumpWriter(f) as w:
+        w.reserve(64 << 20)  # far more than what comes
+        assert os.fstat(f.fileno()).st_blocks * 512 >= 64 << 20
+        assert os.fstat(f.fileno()).st_size < PAGE  # the size is still what was written
+        w.write_pages(1, 0, pattern(4, 3))
+    size = path.stat().st_size
+    assert size == w.stats.stored_bytes
+    assert path.stat().st_blocks * 512 < size + (1 << 20)  # the rest was given back
+    with open_dump(str(path)) as img:
+        assert bytes(img.pages_of(1)[0].data) == pattern(4, 3)
+
+
+def test_no_room_for_a_reservation_is_one_line(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        with create_dumpfile(str(small / "d.img")) as f:
+            w = DumpWriter(f)
+            with pytest.raises(VzcptError, match="no space left for") as e:
+                w.reserve(8 << 20)
+            assert "\n" not in str(e.value)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_page_runs_from_many_threads(tmp_path: Path) -> None:
+    """Threads write page runs at once (resources/pages.copy_batches): every
+    frame comes out whole, and the END frame counts them all."""
+    path = str(tmp_path / "threads.img")
+    runs = {
+        (owner, n): pattern(n % 5 + 1, owner * 1000 + n) for owner in (1, 2) for n in range(400)
+    }
+    with create_dumpfile(path) as f, DumpWriter(f) as w:
+
+        def write(owner: int) -> None:
+            for n in range(400):
+                if n % 7 == 0:
+                    w.write_record(Small(n=owner * 1000 + n))
+                w.write_pages(owner, n << 20, runs[owner, n])
+
+        threads = [threading.Thread(target=write, args=(owner,)) for owner in (1, 2)]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads take turns between any two bytecodes
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            sys.setswitchinterval(interval)
+    with open_dump(path) as img:
+        assert sorted(r.n for r in img.records_of(Small)) == sorted(
+            o * 1000 + n for o in (1, 2) for n in range(0, 400, 7)
+        )
+        for owner in (1, 2):
+            got = {r.address >> 20: bytes(r.data) for r in img.pages_of(owner)}
+            assert got == {n: runs[owner, n] for n in range(400)}
+
+
 def test_incompressible_pages_stay_raw(tmp_path: Path) -> None:
     path = str(tmp_path / "rand.img")
     with create_dumpfile(path) as f, DumpWriter(f, compress=True) as w:

@@ -107,3 +107,13 @@ def start_writeback(fd: int) -> None:
     file's dirty pages to disk, without waiting and without a journal commit."""
     libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     check(int(libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)), "sync_file_range")
+
+
+FALLOC_FL_KEEP_SIZE = 1
+
+
+def reserve_blocks(fd: int, offset: int, length: int) -> None:
+    """fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length): give the file its
+    disk blocks ahead of the writes, leaving its size as it is."""
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    check(int(libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length)), "fallocate")
