@@ -6,11 +6,15 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import threading
 from pathlib import Path
 
+import pytest
+
+from vzcpt.errors import SyscallFailed
 from vzcpt.kernel import pagescan
 from vzcpt.kernel.libc import buffer_address
-from vzcpt.resources.pages import _zero_pages
+from vzcpt.resources.pages import _zero_pages, copy_batches
 
 PAGE = mmap.PAGESIZE
 OWN = {"anyof": pagescan.PAGE_IS_PRESENT | pagescan.PAGE_IS_SWAPPED}
@@ -70,3 +74,43 @@ def test_buffer_address_of_read_only_mapping(tmp_path: Path) -> None:
             assert ctypes.string_at(buffer_address(view), 2) == b"bc"
     finally:
         area.close()
+
+
+def test_copy_batches_reads_every_batch_on_two_threads() -> None:
+    area = mmap.mmap(-1, 16 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        for n in range(16):
+            area[n * PAGE : (n + 1) * PAGE] = bytes([n + 1]) * PAGE
+        base = buffer_address(area)
+        batches = [[(base + n * PAGE, PAGE), (base + (n + 8) * PAGE, PAGE)] for n in range(8)]
+        got: dict[int, bytes] = {}
+        threads: set[int] = set()
+
+        def store(batch: list[tuple[int, int]], view: memoryview) -> None:
+            threads.add(threading.get_ident())
+            for i, (address, _) in enumerate(batch):
+                got[(address - base) // PAGE] = bytes(view[i * PAGE : (i + 1) * PAGE])
+
+        copy_batches(os.getpid(), batches, store, [bytearray(2 * PAGE) for _ in range(2)])
+        assert got == {n: bytes([n + 1]) * PAGE for n in range(16)}
+        assert threading.get_ident() not in threads
+    finally:
+        area.close()
+
+
+def test_copy_batches_of_a_running_process_stop_at_vanished_memory() -> None:
+    """Pre-copy reads a process that runs on: memory it unmapped meanwhile ends
+    the copy quietly; a frozen process's must all be there."""
+    gone = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    address = buffer_address(gone)
+    gone.close()
+    stored: list[list[tuple[int, int]]] = []
+
+    def store(batch: list[tuple[int, int]], view: memoryview) -> None:
+        stored.append(batch)
+
+    batches = [[(address, PAGE)]]
+    copy_batches(os.getpid(), batches, store, [bytearray(PAGE)], running=True)
+    assert stored == []
+    with pytest.raises(SyscallFailed, match="process_vm read"):
+        copy_batches(os.getpid(), batches, store, [bytearray(PAGE)])

@@ -34,7 +34,7 @@ from vzcpt.inject.remote import (
     Placed,
     RemoteTask,
 )
-from vzcpt.kernel import nr, vm
+from vzcpt.kernel import nr, pagescan, vm
 from vzcpt.kernel.vm import MM_MAP_SIZE, PAGE_SIZE, PrctlMmMap
 from vzcpt.proc import files as procfs
 from vzcpt.proc.auxv import parse_auxv
@@ -130,9 +130,13 @@ def dump_mm(
     for entry, vmflags in mappings:
         if entry.path != "[vsyscall]":
             vmas.append(_vma_record(ctx, pid, entry, vmflags))
-    valid = precopy.valid_ranges(tracked, mappings) if tracked is not None else []
+    # One walk of the page tables finds the pages to save and, in a tracked
+    # process, which of them it wrote since they were pre-copied.
+    written = pagescan.PAGE_IS_WRITTEN if tracked is not None else 0
+    own = pages.own_page_runs(pid, [v for v in vmas if _has_own_pages(v)], report=written)
+    valid = precopy.valid_ranges(tracked, mappings, own) if tracked is not None else []
     ctx.stats.pages_precopy_kept += sum(end - start for start, end in valid) // PAGE_SIZE
-    pages.dump_private_pages(ctx, pid, [v for v in vmas if _has_own_pages(v)], valid)
+    pages.dump_private_pages(ctx, pid, [(start, end) for start, end, _ in own], valid)
     return MmRecord(
         start_code=stat.startcode,
         end_code=stat.endcode,

@@ -9,23 +9,29 @@ ranges in one call.
 Stored: those pages, except the ones whose content is all zeros. Adjacent
 mappings are scanned and read as one range, so a process with thousands of
 small mappings costs a few large reads and frames, not thousands of small
-ones.
+ones. Two threads copy at once (copy_batches), also for pre-copy.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from vzcpt.errors import VzcptError
 from vzcpt.image.stream import DumpWriter
 from vzcpt.kernel import pagescan, vm
 from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
 from vzcpt.resources.context import DumpContext
-from vzcpt.resources.ranges import subtract
+from vzcpt.resources.ranges import Range, subtract
 
 BATCH_BYTES = 16 << 20  # pages copied per process_vm_readv round
+COPY_THREADS = 2  # one reads while the other writes: the file takes one write at a time
+
+Batch = list[tuple[int, int]]  # (address, length) ranges read in one process_vm_readv
 
 
 class Mapping(Protocol):
@@ -35,58 +41,113 @@ class Mapping(Protocol):
 
 
 def dump_private_pages(
-    ctx: DumpContext, pid: int, vmas: list[Mapping], skip: list[tuple[int, int]] | None = None
+    ctx: DumpContext, pid: int, own: list[Range], skip: list[Range] | None = None
 ) -> None:
-    """Copy and store the process's own pages, except those in the (start, end)
-    ranges of `skip` (already in the dump: resources/precopy.py).
-
-    Two buffers take turns: while one batch is checked for zero pages and
-    written out on a second thread, the next is read from the process, so
-    both cores work (the copies release the GIL).
-    """
-    batches: list[tuple[list[tuple[int, int]], int]] = []
-    batch: list[tuple[int, int]] = []
+    """Copy and store the process's own pages (`own`: own_page_runs), except
+    those in `skip` (already in the dump: resources/precopy.py)."""
+    batches: list[Batch] = []
+    batch: Batch = []
     size = 0
-    runs = _own_page_runs(pid, vmas)
-    if skip:
-        ends = subtract([(a, a + n) for a, n in runs], skip)
-        runs = [(start, end - start) for start, end in ends]
+    runs = [(start, end - start) for start, end in subtract(own, skip or [])]
     for address, length in runs:
         for offset in range(0, length, BATCH_BYTES):
             part = min(BATCH_BYTES, length - offset)
             if size + part > BATCH_BYTES:
-                batches.append((batch, size))
+                batches.append(batch)
                 batch, size = [], 0
             batch.append((address + offset, part))
             size += part
     if batch:
-        batches.append((batch, size))
-    writing: Future[None] | None = None
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        for n, (ranges, size) in enumerate(batches):
-            buf = _buffer(ctx, n % 2, size)
-            vm.read_ranges(pid, ranges, buf)
-            if writing is not None:
-                writing.result()
-            writing = writer.submit(_store, ctx, pid, ranges, buf)
-        if writing is not None:
-            writing.result()
+        batches.append(batch)
+    ctx.writer.reserve(sum(length for b in batches for _, length in b))
+    owner = ctx.saved_id(pid)
+    counting = threading.Lock()
+
+    def store(ranges: Batch, buf: memoryview) -> None:
+        offset = stored = zero = 0
+        for address, length in ranges:
+            pages, zeros = store_nonzero(ctx.writer, owner, address, buf[offset : offset + length])
+            stored, zero, offset = stored + pages, zero + zeros, offset + length
+        with counting:
+            ctx.stats.pages_zero += zero
+            ctx.stats.pages += stored
+            ctx.stats.bytes += stored * PAGE_SIZE
+            ctx.stats.progress("dumping memory")
+
+    copy_batches(pid, batches, store, _buffers(ctx, max(map(_size, batches), default=0)))
 
 
-def _own_page_runs(pid: int, vmas: list[Mapping]) -> list[tuple[int, int]]:
-    """(address, length) of every run of pages to store, across mapping boundaries."""
-    runs: list[tuple[int, int]] = []
+def copy_batches(
+    pid: int,
+    batches: list[Batch],
+    store: Callable[[Batch, memoryview], None],
+    buffers: Sequence[bytearray],
+    *,
+    running: bool = False,
+) -> None:
+    """Read each batch of the process's memory into a buffer and `store` it,
+    from one thread per buffer: while one thread writes its batch out (the
+    file system takes one write at a time), the others read, check and
+    checksum theirs, so every core works (those calls release the GIL).
+
+    The first error stops every thread and is raised; the batches stored
+    until then stay stored. A `running` process may exit or unmap memory
+    meanwhile: a batch it no longer has ends the copy quietly.
+    """
+    work = iter(batches)
+    taking = threading.Lock()
+    failed = threading.Event()
+
+    def run(buf: bytearray) -> None:
+        while not failed.is_set():
+            with taking:
+                ranges = next(work, None)
+            if ranges is None:
+                return
+            view = memoryview(buf)[: _size(ranges)]
+            try:
+                try:
+                    vm.read_ranges(pid, ranges, view)
+                except (OSError, VzcptError):
+                    if not running:
+                        raise
+                    failed.set()
+                    return
+                store(ranges, view)
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                view.release()
+
+    if len(batches) < 2:  # nothing to overlap: no threads to start
+        run(buffers[0])
+        return
+    with ThreadPoolExecutor(max_workers=len(buffers)) as pool:
+        threads = [pool.submit(run, buf) for buf in buffers]
+    for thread in threads:
+        thread.result()
+
+
+def _size(batch: Batch) -> int:
+    return sum(length for _, length in batch)
+
+
+def own_page_runs(pid: int, vmas: list[Mapping], *, report: int = 0) -> list[pagescan.Region]:
+    """The runs of the process's own pages in `vmas`, across mapping boundaries,
+    with those of the `report` categories (kernel/pagescan.py) they have."""
+    runs: list[pagescan.Region] = []
     fd = procfs.open_file(pid, "pagemap", os.O_RDONLY)
     try:
         for group in _contiguous(sorted(vmas, key=lambda v: v.start)):
-            found = pagescan.scan(
+            runs += pagescan.regions(
                 fd,
                 group[0].start,
                 group[-1].end,
-                anyof=pagescan.PAGE_IS_PRESENT | pagescan.PAGE_IS_SWAPPED,
-                without=pagescan.PAGE_IS_FILE | pagescan.PAGE_IS_PFNZERO,
+                anyof=pagescan.OWN,
+                without=pagescan.NOT_OWN,
+                report=report,
             )
-            runs += [(start, end - start) for start, end in found]
     finally:
         os.close(fd)
     return runs
@@ -102,22 +163,14 @@ def _contiguous(vmas: list[Mapping]) -> list[list[Mapping]]:
     return groups
 
 
-def _store(ctx: DumpContext, pid: int, ranges: list[tuple[int, int]], buf: memoryview) -> None:
-    offset = 0
-    for address, length in ranges:
-        write_nonzero(ctx, ctx.saved_id(pid), address, buf[offset : offset + length])
-        offset += length
-
-
-def _buffer(ctx: DumpContext, which: int, length: int) -> memoryview:
-    """One of our two reusable page buffers, as large as the largest batch so far
-    (its every page is faulted in when it is made: no larger than needed)."""
-    key = ("page-buffer", which)
-    buf = ctx.shared.get(key)
-    if buf is None or len(buf) < length:
-        buf = bytearray(length)
-        ctx.shared[key] = buf
-    return memoryview(buf)[:length]
+def _buffers(ctx: DumpContext, length: int) -> list[bytearray]:
+    """Our reusable page buffers, one per copying thread, each as large as the
+    largest batch so far (its every page is faulted in when it is made: no
+    larger than needed)."""
+    buffers: list[bytearray] = ctx.shared.setdefault("page-buffers", [])
+    if not buffers or len(buffers[0]) < length:
+        buffers[:] = [bytearray(length) for _ in range(COPY_THREADS)]
+    return buffers
 
 
 def write_nonzero(ctx: DumpContext, owner: int, address: int, buf: bytearray | memoryview) -> None:

@@ -24,23 +24,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from vzcpt.errors import VzcptError
 from vzcpt.image.stream import DumpWriter
 from vzcpt.inject.freeze import FrozenTree
 from vzcpt.inject.remote import RemoteTask
-from vzcpt.kernel import nr, pagescan, uffd, vm
+from vzcpt.kernel import nr, pagescan, uffd
 from vzcpt.kernel.fds import steal_fd
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry, parse_smaps
 from vzcpt.proc.status import parse_status
 from vzcpt.resources.context import Stats
-from vzcpt.resources.pages import store_nonzero
-from vzcpt.resources.ranges import Range, intersect, subtract
+from vzcpt.resources.pages import COPY_THREADS, Batch, copy_batches, store_nonzero
+from vzcpt.resources.ranges import Range, intersect
 
 PRECOPY_OWNER = 1 << 32  # page-run owners PRECOPY_OWNER + pid (below shmem.SHARED_OWNER)
 THRESHOLD = 64 << 20  # anonymous memory of the tree worth a pre-copy
@@ -56,6 +56,7 @@ class Tracked:
     pid: int
     uffd: int
     registered: list[Range]
+    protected: list[Range]  # its own pages when tracking began: the ones to copy
     copied: list[Range] = field(default_factory=list)
 
 
@@ -155,79 +156,50 @@ def _track(pid: int, find_gadget: Callable[[int, list[MapEntry]], int]) -> Track
         uffd.enable_async_wp(fd)
         pagemap = procfs.open_file(pid, "pagemap", os.O_RDONLY)
         try:
+            own: list[Range] = []
             for start, end in ranges:
                 uffd.register_wp(fd, start, end)
-                pagescan.write_protect(pagemap, start, end)
+                own += pagescan.write_protect(
+                    pagemap, start, end, anyof=pagescan.OWN, without=pagescan.NOT_OWN
+                )
         finally:
             os.close(pagemap)
     except OSError:
         os.close(fd)  # ends whatever was registered
         return None
-    return Tracked(pid, fd, ranges)
-
-
-def own_runs(pid: int, ranges: list[Range]) -> list[Range]:
-    """(start, end) of the process's own present or swapped pages within `ranges`."""
-    fd = procfs.open_file(pid, "pagemap", os.O_RDONLY)
-    try:
-        return [
-            run
-            for start, end in ranges
-            for run in pagescan.scan(
-                fd,
-                start,
-                end,
-                anyof=pagescan.PAGE_IS_PRESENT | pagescan.PAGE_IS_SWAPPED,
-                without=pagescan.PAGE_IS_FILE | pagescan.PAGE_IS_PFNZERO,
-            )
-        ]
-    finally:
-        os.close(fd)
+    return Tracked(pid, fd, ranges, own)
 
 
 def _copy(t: Tracked, writer: DumpWriter, stats: Stats) -> None:
-    """Copy the tracked process's own pages while it runs. What it writes
-    meanwhile is caught in the frozen phase; an exit ends the copy early.
-
-    As in resources/pages.py, two buffers take turns: one is written out (its
-    zero pages skipped) by a second thread while the next is read, so both
-    cores work.
-    """
+    """Copy the tracked process's own pages while it runs, on the threads of
+    pages.copy_batches. What it writes meanwhile is caught in the frozen
+    phase; an exit or an unmapping ends the copy early (the frozen phase
+    copies what is left)."""
     batches = [
-        (address, min(COPY_BATCH, end - address))
-        for start, end in own_runs(t.pid, t.registered)
+        [(address, min(COPY_BATCH, end - address))]
+        for start, end in t.protected
         for address in range(start, end, COPY_BATCH)
     ]
-    buffers = (bytearray(COPY_BATCH), bytearray(COPY_BATCH))
-    writing: Future[tuple[int, int]] | None = None
-    with ThreadPoolExecutor(max_workers=1) as out:
-        try:
-            for n, (address, length) in enumerate(batches):
-                view = memoryview(buffers[n % 2])[:length]
-                vm.read_ranges(t.pid, [(address, length)], view)
-                if writing is not None:
-                    stats.pages_precopied += writing.result()[0]
-                writing = out.submit(store_nonzero, writer, PRECOPY_OWNER + t.pid, address, view)
-                t.copied.append((address, address + length))
-        except OSError:
-            pass  # the process exited or changed its mappings: the frozen phase copies it
-        if writing is not None:
-            stats.pages_precopied += writing.result()[0]
+    writer.reserve(sum(length for [(_, length)] in batches))
+    counting = threading.Lock()
+
+    def store(batch: Batch, view: memoryview) -> None:
+        [(address, length)] = batch
+        stored, _ = store_nonzero(writer, PRECOPY_OWNER + t.pid, address, view)
+        with counting:
+            stats.pages_precopied += stored
+            t.copied.append((address, address + length))
+
+    buffers = [bytearray(COPY_BATCH) for _ in range(COPY_THREADS)]
+    copy_batches(t.pid, batches, store, buffers, running=True)
 
 
-def valid_ranges(t: Tracked, mappings: list[tuple[MapEntry, frozenset[str]]]) -> list[Range]:
-    """The pre-copied ranges still exact, in a process frozen again (see the module's notes)."""
+def valid_ranges(
+    t: Tracked, mappings: list[tuple[MapEntry, frozenset[str]]], own: list[pagescan.Region]
+) -> list[Range]:
+    """The pre-copied ranges still exact, in a process frozen again (see the
+    module's notes); `own`: its own pages, reporting PAGE_IS_WRITTEN
+    (pages.own_page_runs)."""
     still = [(e.start, e.end) for e, flags in mappings if "uw" in flags and not e.shared]
-    candidates = intersect(t.copied, still)
-    if not candidates:
-        return []
-    fd = procfs.open_file(t.pid, "pagemap", os.O_RDONLY)
-    try:
-        written = [
-            run
-            for start, end in candidates
-            for run in pagescan.scan(fd, start, end, anyof=pagescan.PAGE_IS_WRITTEN)
-        ]
-    finally:
-        os.close(fd)
-    return subtract(intersect(candidates, own_runs(t.pid, candidates)), written)
+    unwritten = [(start, end) for start, end, cat in own if not cat & pagescan.PAGE_IS_WRITTEN]
+    return intersect(intersect(t.copied, still), unwritten)
