@@ -265,7 +265,8 @@ def test_large_run_is_split(tmp_path: Path) -> None:
     data[-PAGE:] = pattern(1, 9)
     data[:PAGE] = pattern(1, 8)
     for compress in (False, True):
-        with create_dumpfile(path) as f, DumpWriter(f, compress=compress) as w:
+        # writeback: each 64 MiB frame is sent on to the disk as it is written.
+        with create_dumpfile(path) as f, DumpWriter(f, compress=compress, writeback=True) as w:
             w.write_pages(1, 0x10000000, data)
         assert w.stats.page_frames == 2 and w.stats.pages == len(data) // PAGE
         with open_dump(path) as img:

@@ -20,12 +20,10 @@ tree as it was.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import re
 import resource
-import threading
 import time
 from typing import BinaryIO, Literal
 
@@ -34,7 +32,6 @@ from vzcpt.image.stream import DumpWriter, create_dumpfile, open_dump
 from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, vm
-from vzcpt.kernel.libc import start_writeback
 from vzcpt.kernel.probes import vdso_fingerprint
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry
@@ -98,31 +95,31 @@ def dump_tree(
     pre = PreCopy()
     try:
         out = create_dumpfile(dumpfile)
-        writer = DumpWriter(out, compress=compress)
+        # Synced before the tree is let go: its writeback starts as it is written.
+        writer = DumpWriter(out, compress=compress, writeback=dumpfile != "-")
         collect_started = time.monotonic()
-        with _BackgroundSync(out if dumpfile != "-" else None):
-            if held_by is None and precopy.wanted(tree):  # a suspended VE stays frozen
-                pre = precopy.run(tree, writer, stats, find_gadget)
-            # A VE's queues were drained as it was suspended, by its freezer (ve/checkpoint.py).
-            surveyed = (
-                Sockets.survey(tree.processes())
-                if held_by is not None
-                else drain(tree, network, stats, drain_timeout)
-            )
-            with surveyed as sockets:
-                network.lock(sockets)
-            stats.add_time("lock", time.monotonic() - tree.frozen_at)
-            _write_dump(
-                tree,
-                writer,
-                stats,
-                own_pid_namespace,
-                extra_records or [],
-                shell_job,
-                network,
-                pre,
-            )
-            pre.close()  # everything is captured: no tracking left in the tree
+        if held_by is None and precopy.wanted(tree):  # a suspended VE stays frozen
+            pre = precopy.run(tree, writer, stats, find_gadget)
+        # A VE's queues were drained as it was suspended, by its freezer (ve/checkpoint.py).
+        surveyed = (
+            Sockets.survey(tree.processes())
+            if held_by is not None
+            else drain(tree, network, stats, drain_timeout)
+        )
+        with surveyed as sockets:
+            network.lock(sockets)
+        stats.add_time("lock", time.monotonic() - tree.frozen_at)
+        _write_dump(
+            tree,
+            writer,
+            stats,
+            own_pid_namespace,
+            extra_records or [],
+            shell_job,
+            network,
+            pre,
+        )
+        pre.close()  # everything is captured: no tracking left in the tree
         stats.add_time("dump", time.monotonic() - collect_started)
         if leave == "running":
             # Everything is captured: a tree that runs on needn't wait for the disk.
@@ -151,39 +148,6 @@ def dump_tree(
         network.keep()
     stats.add_time("total", time.monotonic() - started)
     return stats
-
-
-class _BackgroundSync:
-    """Flush the dump to disk while it is being written, from a thread of its own.
-
-    The tree may be killed only once its dump is on disk; starting the
-    writeback as we go leaves the final fsync little to wait for. Only
-    writeback is started (sync_file_range): an fdatasync every few dozen
-    milliseconds would also commit the journal each time, and measured
-    slower. The thread mostly sleeps, so it does not take a core from the
-    copying.
-    """
-
-    def __init__(self, out: BinaryIO | None) -> None:
-        self.fd = out.fileno() if out is not None else None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="dump-sync", daemon=True)
-
-    def __enter__(self) -> _BackgroundSync:
-        if self.fd is not None and os.environ.get("VZCPT_NO_BGSYNC") is None:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
-    def _run(self) -> None:
-        assert self.fd is not None
-        while not self.done.wait(0.05):
-            with contextlib.suppress(OSError):  # the final fsync reports errors
-                start_writeback(self.fd)
 
 
 def _sync_and_verify(out: BinaryIO, dumpfile: str, stats: Stats) -> None:

@@ -44,7 +44,7 @@ import zstandard
 
 from vzcpt.errors import AccessDenied, CorruptDump, SyscallFailed, VzcptError
 from vzcpt.image import schema
-from vzcpt.kernel.libc import reserve_blocks
+from vzcpt.kernel.libc import reserve_blocks, start_writeback
 
 T = TypeVar("T")
 
@@ -132,8 +132,18 @@ class DumpWriter:
     """
 
     def __init__(
-        self, out: BinaryIO, *, compress: bool = False, level: int = 3, threads: int = 0
+        self,
+        out: BinaryIO,
+        *,
+        compress: bool = False,
+        level: int = 3,
+        threads: int = 0,
+        writeback: bool = False,
     ) -> None:
+        """With `writeback`, for a dump that will be synced, each large page run
+        is sent on to the disk as soon as it is written (sync_file_range, no
+        waiting), by the thread that wrote it: the final fsync then finds
+        little left, and the disk is busy from the first run on."""
         self.stats = WriteStats()
         self._out = out
         self._name = _stream_name(out)
@@ -145,7 +155,9 @@ class DumpWriter:
             self._fd = None  # BytesIO and friends: plain write() calls
         if self._fd is not None:
             _grow_pipe(self._fd)
-        self._reserved_to = 0 if self._fd is not None and _fresh_file(self._fd) else None
+        fresh = self._fd is not None and _fresh_file(self._fd)
+        self._reserved_to = 0 if fresh else None
+        self._writeback = writeback and fresh
         self._cctx = zstandard.ZstdCompressor(level=level, threads=threads) if compress else None
         self._batch = bytearray()
         # Page runs may come from several threads: they prepare their frames
@@ -266,8 +278,13 @@ class DumpWriter:
             self._page_bytes += len(chunk)
             if stored_len < _SMALL_RUN:
                 self._queue(header, *parts)
-            else:
-                self._send([header, *parts])
+                return
+            written_from = self.stats.stored_bytes
+            self._send([header, *parts])
+            written_to = self.stats.stored_bytes
+        if self._writeback and self._fd is not None:
+            with contextlib.suppress(SyscallFailed):  # the final fsync reports errors
+                start_writeback(self._fd, written_from, written_to - written_from)
 
     def close(self) -> None:
         """Write the END frame and flush. Does not close `out`; safe to call twice."""

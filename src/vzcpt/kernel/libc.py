@@ -102,11 +102,12 @@ def buffer_address(data: bytes | bytearray | memoryview | mmap.mmap) -> int:
 SYNC_FILE_RANGE_WRITE = 2
 
 
-def start_writeback(fd: int) -> None:
-    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): start writing the
-    file's dirty pages to disk, without waiting and without a journal commit."""
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writing
+    the dirty pages of that part of the file (length 0: to its end) to disk,
+    without waiting for them and without a journal commit."""
     libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    check(int(libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)), "sync_file_range")
+    check(int(libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)), "sync_file_range")
 
 
 FALLOC_FL_KEEP_SIZE = 1
