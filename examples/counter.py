@@ -13,7 +13,7 @@ import time
 
 
 def main() -> None:
-    log = open(sys.argv[1], "a", buffering=1)
+    log = open(sys.argv[1], "a", buffering=1)  # noqa: SIM115 - open for the program's whole life
     state = {"count": 0, "digest": hashlib.sha256(b"start").hexdigest()}
     started = time.time()
 
@@ -27,8 +27,10 @@ def main() -> None:
     threading.Thread(target=count, daemon=True, name="counter").start()
     while True:
         time.sleep(0.5)
-        log.write(f"pid {os.getpid()} count {state['count']} digest {state['digest'][:12]} "
-                  f"running for {time.time() - started:.1f}s\n")
+        log.write(
+            f"pid {os.getpid()} count {state['count']} digest {state['digest'][:12]} "
+            f"running for {time.time() - started:.1f}s\n"
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import time
 
 def main() -> None:
     host, port, report = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    out = open(report, "w", buffering=1)
+    out = open(report, "w", buffering=1)  # noqa: SIM115 - open for the program's whole life
     conn = socket.create_connection((host, port), timeout=60)
     last, gap, seen, since = 0, 0.0, time.monotonic(), time.monotonic()
     buffered = b""
