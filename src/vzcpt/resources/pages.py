@@ -123,10 +123,15 @@ def copy_batches(
     if len(batches) < 2:  # nothing to overlap: no threads to start
         run(buffers[0])
         return
-    with ThreadPoolExecutor(max_workers=len(buffers)) as pool:
-        threads = [pool.submit(run, buf) for buf in buffers]
-    for thread in threads:
-        thread.result()
+    pool = ThreadPoolExecutor(max_workers=len(buffers))
+    try:
+        for thread in [pool.submit(run, buf) for buf in buffers]:
+            thread.result()
+    except BaseException:
+        failed.set()  # also on Ctrl-C here: nothing may write once the caller cleans up
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def _size(batch: Batch) -> int:
