@@ -10,6 +10,7 @@ must leave no userfaultfd registration of ours in it ("uw" in VmFlags).
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,24 @@ def test_failed_dump_ends_the_tracking(tmp_path: Path) -> None:
         assert "io_uring" in result.stderr
         assert _tracked_mappings(prog.pid) == []
         assert prog.verify() == "OK"
+
+
+def test_full_disk_during_precopy_leaves_the_tree_running(tmp_path: Path) -> None:
+    """The dump's blocks are reserved before the pre-copy writes them: a disk
+    too small fails the dump at once, in one line, and the program runs on
+    untracked, with no dump file left behind."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    try:
+        with Program.start("mem_dirty", "64", tmp_path=tmp_path) as prog:
+            prog.wait_ready()
+            dump = small / "d.img"
+            result = vzcpt("dump", "--pid", prog.pid, "--dumpfile", dump, check=False)
+            assert result.returncode == 1
+            assert result.stderr.count("\n") == 1 and "no space left" in result.stderr
+            assert not dump.exists()
+            assert _tracked_mappings(prog.pid) == []
+            assert prog.verify() == "OK"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
