@@ -25,6 +25,7 @@ import platform
 import re
 import resource
 import time
+from collections.abc import Callable
 from typing import BinaryIO, Literal
 
 from vzcpt import __version__
@@ -62,12 +63,17 @@ def dump_tree(
     await_exit: bool = True,
     shell_job: bool = False,
     drain_timeout: float = DRAIN_TIMEOUT_S,
+    suspend: Callable[[], None] | None = None,
 ) -> Stats:
     """Save the tree rooted at `root` into `dumpfile` ("-" for standard output).
 
     With `held_by`, the tree is frozen by that cgroup freezer (a suspended
     VE): it is seized as it is, and if it is not killed it is left frozen
-    again, whatever happens. With `shell_job`, the tree may hold the terminal
+    again, whatever happens. With `suspend` too, the VE still runs: its
+    memory is pre-copied meanwhile (resources/precopy.py, `run_ahead`), then
+    suspend() freezes it by `held_by`, and it is dumped as a suspended VE; a
+    failure before suspend() has returned leaves it running, without a
+    trace of ours. With `shell_job`, the tree may hold the terminal
     it was started from (resources/fds/tty.py). `drain_timeout`: how long the
     tree may run to accept the connections waiting on its listeners.
     Without `await_exit`, a killed tree may still be dying when we return
@@ -77,7 +83,26 @@ def dump_tree(
     started = time.monotonic()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # we hold each file the tree has
-    tree = freeze_tree(root, held_by)
+    out: BinaryIO | None = None
+    pre = PreCopy()
+    try:
+        if suspend is not None and held_by is not None:
+            out = create_dumpfile(dumpfile)
+            writer = _writer(out, dumpfile, compress)
+            if precopy.wanted(procfs.tree(root)):
+                pre = precopy.run_ahead(root, held_by, writer, stats, find_gadget)
+            freeze_started = time.monotonic()
+            suspend()
+        else:
+            freeze_started = started
+        tree = freeze_tree(root, held_by)
+        pre.keep_only(tree.processes())
+        if suspend is not None:  # frozen since the suspend, before we seized it
+            stats.add_time("frozen", tree.frozen_at - freeze_started)
+    except BaseException:
+        pre.close()
+        _discard(out, dumpfile)
+        raise
     network = NetworkHold()
 
     def let_go() -> None:
@@ -89,16 +114,15 @@ def dump_tree(
             else:
                 tree.resume()
 
-    stats.add_time("freeze", time.monotonic() - started)
-    out: BinaryIO | None = None
+    stats.add_time("freeze", time.monotonic() - freeze_started)
     resumed = False
-    pre = PreCopy()
     try:
-        out = create_dumpfile(dumpfile)
-        # Synced before the tree is let go: its writeback starts as it is written.
-        writer = DumpWriter(out, compress=compress, writeback=dumpfile != "-")
+        if out is None:
+            out = create_dumpfile(dumpfile)
+            writer = _writer(out, dumpfile, compress)
         collect_started = time.monotonic()
-        if held_by is None and precopy.wanted(tree):  # a suspended VE stays frozen
+        # A suspended VE stays frozen: it was pre-copied before (run_ahead), if at all.
+        if held_by is None and precopy.wanted(tree.processes()):
             pre = precopy.run(tree, writer, stats, find_gadget)
         # A VE's queues were drained as it was suspended, by its freezer (ve/checkpoint.py).
         surveyed = (
@@ -132,9 +156,7 @@ def dump_tree(
         pre.close()
         if not resumed:
             let_go()
-        if out is not None and dumpfile != "-":
-            out.close()
-            os.unlink(dumpfile)
+        _discard(out, dumpfile)
         raise
     if out is not None and dumpfile != "-":
         out.close()
@@ -148,6 +170,18 @@ def dump_tree(
         network.keep()
     stats.add_time("total", time.monotonic() - started)
     return stats
+
+
+def _writer(out: BinaryIO, dumpfile: str, compress: bool) -> DumpWriter:
+    # Synced before the tree is let go: its writeback starts as it is written.
+    return DumpWriter(out, compress=compress, writeback=dumpfile != "-")
+
+
+def _discard(out: BinaryIO | None, dumpfile: str) -> None:
+    """Remove the dump of a failed checkpoint: it must never pass for one."""
+    if out is not None and dumpfile != "-":
+        out.close()
+        os.unlink(dumpfile)
 
 
 def _sync_and_verify(out: BinaryIO, dumpfile: str, stats: Stats) -> None:

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 
 from vzcpt.errors import VzcptError
 from vzcpt.image.stream import DumpWriter
-from vzcpt.inject.freeze import FrozenTree
+from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, pagescan, uffd
 from vzcpt.kernel.fds import steal_fd
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry, parse_smaps
+from vzcpt.proc.stat import parse_stat
 from vzcpt.proc.status import parse_status
 from vzcpt.resources.context import Stats
 from vzcpt.resources.pages import COPY_THREADS, Batch, copy_batches, store_nonzero
@@ -54,6 +55,7 @@ class Tracked:
     """One process whose writes are tracked: our userfaultfd and what was copied."""
 
     pid: int
+    started: int  # its start time: a later process with its pid is another
     uffd: int
     registered: list[Range]
     protected: list[Range]  # its own pages when tracking began: the ones to copy
@@ -67,6 +69,13 @@ class PreCopy:
     def of(self, pid: int) -> Tracked | None:
         return self.tracked.get(pid)
 
+    def keep_only(self, processes: list[int]) -> None:
+        """Forget the processes gone since they were tracked (their pid may
+        even be another process's now): what they had is of no use."""
+        for pid in list(self.tracked):
+            if pid not in processes or _start_time(pid) != self.tracked[pid].started:
+                os.close(self.tracked.pop(pid).uffd)
+
     def close(self) -> None:
         """End every registration: after this the tree carries none of ours."""
         for t in self.tracked.values():
@@ -77,12 +86,12 @@ class PreCopy:
         self.tracked.clear()
 
 
-def wanted(tree: FrozenTree) -> bool:
+def wanted(processes: list[int]) -> bool:
     """VZCPT_PRECOPY=1 or 0 forces it; else only a tree with much anonymous memory."""
     forced = os.environ.get("VZCPT_PRECOPY")
     if forced is not None:
         return forced == "1"
-    return sum(_anon_bytes(pid) for pid in tree.processes()) >= THRESHOLD
+    return sum(_anon_bytes(pid) for pid in processes) >= THRESHOLD
 
 
 def run(
@@ -95,27 +104,67 @@ def run(
     copied, and freeze it again. The tree is frozen on return, or, after a
     failure, has no registration of ours left (and is the caller's to resume)."""
     started = time.monotonic()
-    forced = os.environ.get("VZCPT_PRECOPY") == "1"
     pre = PreCopy()
     try:
-        for pid in tree.processes():
-            if forced or _anon_bytes(pid) >= MIN_PROCESS:
-                tracked = _track(pid, find_gadget)
-                if tracked is not None:
-                    pre.tracked[pid] = tracked
+        _track_large(tree, pre, find_gadget)
         if not pre.tracked:
             return pre
         tree.resume()
         for t in pre.tracked.values():
             _copy(t, writer, stats)
         tree.refreeze()
-        for pid in [p for p in pre.tracked if p not in tree.processes()]:
-            os.close(pre.tracked.pop(pid).uffd)  # gone meanwhile: nothing to keep
+        pre.keep_only(tree.processes())
     except BaseException:
         pre.close()
         raise
     stats.add_time("pre-copy", time.monotonic() - started)
     return pre
+
+
+def run_ahead(
+    root: int,
+    freezer: Freezer,
+    writer: DumpWriter,
+    stats: Stats,
+    find_gadget: Callable[[int, list[MapEntry]], int],
+) -> PreCopy:
+    """Pre-copy a running VE before it is suspended: it is frozen by its
+    cgroup just long enough to track its large processes, and runs on while
+    their pages are copied. It runs on return, tracked (its caller suspends
+    it next and dumps it with this PreCopy); after a failure it runs on with
+    no registration of ours."""
+    started = time.monotonic()
+    pre = PreCopy()
+    freezer.freeze()
+    try:
+        tree = freeze_tree(root, held_by=freezer)  # seized, then thawed into ptrace stops
+    except BaseException:
+        freezer.thaw()
+        raise
+    try:
+        try:
+            _track_large(tree, pre, find_gadget)
+        finally:
+            tree.resume()
+            stats.add_time("frozen", time.monotonic() - started)
+        for t in pre.tracked.values():
+            _copy(t, writer, stats)
+    except BaseException:
+        pre.close()
+        raise
+    stats.add_time("pre-copy", time.monotonic() - started)
+    return pre
+
+
+def _track_large(
+    tree: FrozenTree, pre: PreCopy, find_gadget: Callable[[int, list[MapEntry]], int]
+) -> None:
+    forced = os.environ.get("VZCPT_PRECOPY") == "1"
+    for pid in tree.processes():
+        if forced or _anon_bytes(pid) >= MIN_PROCESS:
+            tracked = _track(pid, find_gadget)
+            if tracked is not None:
+                pre.tracked[pid] = tracked
 
 
 def _anon_bytes(pid: int) -> int:
@@ -167,7 +216,14 @@ def _track(pid: int, find_gadget: Callable[[int, list[MapEntry]], int]) -> Track
     except OSError:
         os.close(fd)  # ends whatever was registered
         return None
-    return Tracked(pid, fd, ranges, own)
+    return Tracked(pid, _start_time(pid), fd, ranges, own)
+
+
+def _start_time(pid: int) -> int:
+    try:
+        return parse_stat(procfs.read(pid, "stat")).starttime
+    except (OSError, VzcptError):
+        return -1  # gone
 
 
 def _copy(t: Tracked, writer: DumpWriter, stats: Stats) -> None:

@@ -1,7 +1,9 @@
 """Checkpoint and restore of a whole VE: the engine, plus what makes a VE a VE.
 
-chkpnt: the VE's network is locked (no packet in or out, no reset sent),
-its processes frozen; if its listeners hold connections not yet accepted,
+chkpnt: a VE with much memory is pre-copied first, while it runs (the
+pages it writes meanwhile are copied again once it is frozen); then the
+VE's network is locked (no packet in or out, no reset sent), its processes
+frozen; if its listeners hold connections not yet accepted,
 it is thawed until it has accepted them, new connections to them dropped
 inside the VE (`suspend`), and frozen again. Its process tree — rooted at
 its init — is dumped with the ids its programs know, together with a
@@ -96,11 +98,17 @@ def dump_ve(
 ) -> None:
     """Dump the VE, frozen by its cgroup with its network locked.
 
-    With `kill` (vzctl chkpnt) a running VE is suspended first (its accept
-    queues drained) and killed once the dump is safe; a failure thaws and
-    unlocks it, running on. Without (chkpnt --dump) the VE is already
-    suspended and stays so, whatever happens.
+    With `kill` (vzctl chkpnt) a running VE is pre-copied if it holds much
+    memory, then suspended (its accept queues drained), and killed once the
+    dump is safe; a failure thaws and unlocks it, running on. Without
+    (chkpnt --dump) the VE is already suspended and stays so, whatever
+    happens.
     """
+
+    suspended: list[NetworkHold] = []
+
+    def suspend_ve() -> None:
+        suspended.append(suspend(veid, cgroups, stats, drain_timeout))
 
     def dump() -> None:
         dump_tree(
@@ -111,22 +119,24 @@ def dump_ve(
             extra_records=[ve_record(veid, init_pid, cfg, private, cgroups)],
             stats=stats,
             held_by=cgroups,
+            # A running VE is pre-copied before it is suspended (resources/precopy.py).
+            suspend=suspend_ve if kill else None,
         )
 
     if not kill:
         dump()
         return
-    syn_drop = suspend(veid, cgroups, stats, drain_timeout)
     try:
         dump()
     except BaseException:
-        try:
-            syn_drop.release()
-        finally:
-            cgroups.thaw()
-            net.unlock_network(veid)
+        if suspended:  # else it never stopped running
+            try:
+                suspended[0].release()
+            finally:
+                cgroups.thaw()
+                net.unlock_network(veid)
         raise
-    syn_drop.keep()  # gone with the VE's network namespace
+    suspended[0].keep()  # gone with the VE's network namespace
 
 
 def suspend(veid: int, cgroups: VeCgroups, stats: Stats, drain_timeout: float) -> NetworkHold:
