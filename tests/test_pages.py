@@ -14,9 +14,11 @@ import pytest
 from vzcpt.errors import SyscallFailed
 from vzcpt.kernel import pagescan
 from vzcpt.kernel.libc import buffer_address
+from vzcpt.resources.memory import VmaRecord, _mmap_calls
 from vzcpt.resources.pages import _zero_pages, copy_batches
 
 PAGE = mmap.PAGESIZE
+PROT_NONE, PROT_READ, PROT_WRITE = 0, mmap.PROT_READ, mmap.PROT_WRITE
 OWN = {"anyof": pagescan.PAGE_IS_PRESENT | pagescan.PAGE_IS_SWAPPED}
 NOT_SHARED = pagescan.PAGE_IS_FILE | pagescan.PAGE_IS_PFNZERO
 
@@ -114,3 +116,31 @@ def test_copy_batches_of_a_running_process_stop_at_vanished_memory() -> None:
     assert stored == []
     with pytest.raises(SyscallFailed, match="process_vm read"):
         copy_batches(os.getpid(), batches, store, [bytearray(PAGE)])
+
+
+def test_adjacent_anonymous_mappings_are_mapped_by_one_call() -> None:
+    """Restore maps neighbours that would be mapped alike in one mmap (the
+    kernel merges them anyway); later mprotects split them again."""
+    page = PAGE
+
+    def anon(start: int, pages: int, prot: int) -> VmaRecord:
+        return VmaRecord(start, start + pages * page, prot, False, "anon")
+
+    base = 0x10000000
+    vmas = [
+        anon(base, 2, PROT_READ),  # filled: mapped writable for now, like its neighbour
+        anon(base + 2 * page, 1, PROT_READ | PROT_WRITE),
+        anon(base + 3 * page, 1, PROT_NONE),  # a guard: another protection
+        anon(base + 5 * page, 1, PROT_NONE),  # not adjacent
+        VmaRecord(base + 6 * page, base + 7 * page, PROT_READ, False, "file", path="/x"),
+        anon(base + 7 * page, 1, PROT_READ),  # after a file mapping
+    ]
+    fds = {("/x", os.O_RDONLY): 5}
+    calls = _mmap_calls(vmas, fds, filled={base, base + 2 * page})
+    assert [(c[1], c[2] // page, c[3]) for c in calls] == [
+        (base, 3, PROT_READ | PROT_WRITE),
+        (base + 3 * page, 1, PROT_NONE),
+        (base + 5 * page, 1, PROT_NONE),
+        (base + 6 * page, 1, PROT_READ),
+        (base + 7 * page, 1, PROT_READ),
+    ]

@@ -258,9 +258,8 @@ def replace_mm(ctx: RestoreContext, task: RemoteTask, pid: int, mm: MmRecord) ->
     runs = _precopied_runs(ctx, mm) + ctx.image.pages_of(pid)
     filled = _vmas_with_pages(mm.vmas, [(r.address, len(r.data)) for r in runs])
     # Mappings never overlap: order does not matter, and they all go in one batch.
-    for vma in mm.vmas:
-        if vma.kind in ("anon", "file"):
-            task.queue(*_mmap_call(vma, fds, vma.start in filled), what=f"mmap at {vma.start:#x}")
+    for call in _mmap_calls(mm.vmas, fds, filled):
+        task.queue(*call, what=f"mmap at {call[1]:#x}")
     for fd in fds.values():
         task.queue(nr.CLOSE, fd, what="close of a mapped file")
     for vma in mm.vmas:
@@ -362,6 +361,29 @@ def _open_files(task: RemoteTask, mm: MmRecord) -> tuple[int, dict[tuple[str, in
     }
     task.flush()
     return exe.value, {key: call.value for key, call in opened.items()}
+
+
+def _mmap_calls(
+    vmas: list[VmaRecord], fds: dict[tuple[str, int], int], filled: set[int]
+) -> list[tuple[int, ...]]:
+    """The mmaps that recreate the saved anonymous and file mappings.
+
+    Adjacent anonymous mappings that would be mapped alike are mapped by one
+    call: the kernel would merge them anyway, and the mprotects and
+    madvises that follow split them again where they differed. Thousands of
+    small mappings then cost a fraction of the calls.
+    """
+    calls: list[tuple[int, ...]] = []
+    end = -1
+    for vma in sorted((v for v in vmas if v.kind in ("anon", "file")), key=lambda v: v.start):
+        call = _mmap_call(vma, fds, vma.start in filled)
+        last = calls[-1] if calls else None
+        if vma.kind == "anon" and last is not None and end == vma.start and last[3:] == call[3:]:
+            calls[-1] = (nr.MMAP, last[1], last[2] + call[2], *call[3:])
+        else:
+            calls.append(call)
+        end = vma.end
+    return calls
 
 
 def _mmap_call(vma: VmaRecord, fds: dict[tuple[str, int], int], writable: bool) -> tuple[int, ...]:
