@@ -14,6 +14,7 @@ ones. Two threads copy at once (copy_batches), also for pre-copy.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -81,7 +82,7 @@ def copy_batches(
     pid: int,
     batches: list[Batch],
     store: Callable[[Batch, memoryview], None],
-    buffers: Sequence[bytearray],
+    buffers: Sequence[bytearray | mmap.mmap],
     *,
     running: bool = False,
 ) -> None:
@@ -98,7 +99,7 @@ def copy_batches(
     taking = threading.Lock()
     failed = threading.Event()
 
-    def run(buf: bytearray) -> None:
+    def run(buf: bytearray | mmap.mmap) -> None:
         while not failed.is_set():
             with taking:
                 ranges = next(work, None)
@@ -168,14 +169,20 @@ def _contiguous(vmas: list[Mapping]) -> list[list[Mapping]]:
     return groups
 
 
-def _buffers(ctx: DumpContext, length: int) -> list[bytearray]:
+def _buffers(ctx: DumpContext, length: int) -> list[mmap.mmap]:
     """Our reusable page buffers, one per copying thread, each as large as the
-    largest batch so far (its every page is faulted in when it is made: no
-    larger than needed)."""
-    buffers: list[bytearray] = ctx.shared.setdefault("page-buffers", [])
+    largest batch so far."""
+    buffers: list[mmap.mmap] = ctx.shared.setdefault("page-buffers", [])
     if not buffers or len(buffers[0]) < length:
-        buffers[:] = [bytearray(length) for _ in range(COPY_THREADS)]
+        buffers[:] = new_buffers(length)
     return buffers
+
+
+def new_buffers(length: int) -> list[mmap.mmap]:
+    """Page buffers for copy_batches, one per thread. Anonymous mappings, not
+    bytearrays: their pages are only faulted in as a read fills them, so a
+    process with little memory does not pay for zeroing two whole batches."""
+    return [mmap.mmap(-1, length) for _ in range(COPY_THREADS)]
 
 
 def write_nonzero(ctx: DumpContext, owner: int, address: int, buf: bytearray | memoryview) -> None:

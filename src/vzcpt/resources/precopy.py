@@ -40,7 +40,7 @@ from vzcpt.proc.maps import MapEntry, parse_smaps
 from vzcpt.proc.stat import parse_stat
 from vzcpt.proc.status import parse_status
 from vzcpt.resources.context import Stats
-from vzcpt.resources.pages import COPY_THREADS, Batch, copy_batches, store_nonzero
+from vzcpt.resources.pages import Batch, copy_batches, new_buffers, store_nonzero
 from vzcpt.resources.ranges import Range, intersect
 
 PRECOPY_OWNER = 1 << 32  # page-run owners PRECOPY_OWNER + pid (below shmem.SHARED_OWNER)
@@ -246,8 +246,7 @@ def _copy(t: Tracked, writer: DumpWriter, stats: Stats) -> None:
             stats.pages_precopied += stored
             t.copied.append((address, address + length))
 
-    buffers = [bytearray(COPY_BATCH) for _ in range(COPY_THREADS)]
-    copy_batches(t.pid, batches, store, buffers, running=True)
+    copy_batches(t.pid, batches, store, new_buffers(COPY_BATCH), running=True)
 
 
 def valid_ranges(
