@@ -9,13 +9,15 @@ must leave no userfaultfd registration of ours in it ("uw" in VmFlags).
 
 from __future__ import annotations
 
+import os
+import pty
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from cpt import vzcpt
+from cpt import VZCPT, vzcpt
 from harness import Program
 
 
@@ -90,3 +92,36 @@ def test_full_disk_during_precopy_leaves_the_tree_running(tmp_path: Path) -> Non
             assert prog.verify() == "OK"
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_progress_on_a_terminal_covers_the_precopy(tmp_path: Path) -> None:
+    """On a terminal, the dump shows how far it got, pre-copy included, on one
+    line that it clears when done; elsewhere it prints nothing of the kind."""
+    with Program.start("mem_dirty", "256", tmp_path=tmp_path) as prog:
+        prog.wait_ready()
+        master, slave = pty.openpty()
+        try:
+            done = subprocess.run(
+                [*VZCPT, "dump", "--pid", str(prog.pid), "--dumpfile", str(tmp_path / "d.img")],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=slave,
+                timeout=120,
+            )
+            os.close(slave)
+            shown = b""
+            while chunk := _read_some(master):
+                shown += chunk
+        finally:
+            os.close(master)
+        assert done.returncode == 0, shown
+        assert b"pre-copying memory (the tree runs): " in shown
+        assert shown.endswith(b"\r\x1b[K")  # the line is cleared at the end
+        prog.wait_gone()
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the terminal's other end is closed
+        return b""

@@ -89,3 +89,9 @@ class ProgressLine:
         if self.enabled and self._last:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+    def __enter__(self) -> ProgressLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vzcpt.cli.common import print_stats, run
+from vzcpt.cli.common import ProgressLine, print_stats, run
 from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S
 from vzcpt.resources.context import Stats
 from vzcpt.ve.config import parse_size
@@ -150,47 +150,56 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _chkpnt(ve: VE, args: argparse.Namespace) -> int:
-    stats = Stats()
+    with ProgressLine() as progress:  # the line is cleared before the outcome is printed
+        stats = Stats(on_progress=progress)
+        outcome = _chkpnt_stage(ve, args, stats)
+    print(outcome)
+    if args.stats:
+        print_stats(stats)
+    return 0
+
+
+def _chkpnt_stage(ve: VE, args: argparse.Namespace, stats: Stats) -> str:
     drain_timeout = DRAIN_TIMEOUT_S if args.drain_timeout is None else args.drain_timeout
     if args.suspend:
         ve.suspend(stats, drain_timeout)
-        print(f"VE {ve.veid} suspended: processes frozen, network locked")
-    elif args.dump:
+        return f"VE {ve.veid} suspended: processes frozen, network locked"
+    if args.dump:
         path = ve.dump(args.dumpfile, stats)
-        print(f"VE {ve.veid} dumped to {path}; it stays suspended")
-    elif args.kill:
+        return f"VE {ve.veid} dumped to {path}; it stays suspended"
+    if args.kill:
         ve.kill()
-        print(f"VE {ve.veid} killed")
-    elif args.resume:
+        return f"VE {ve.veid} killed"
+    if args.resume:
         ve.resume()
-        print(f"VE {ve.veid} resumed")
-    else:
-        print(f"Setting up checkpoint of VE {ve.veid}...")
-        path = ve.chkpnt(args.dumpfile, stats, drain_timeout)
-        print(f"Checkpointing completed successfully: {path}")
-    if args.stats:
-        print_stats(stats)
-    return 0
+        return f"VE {ve.veid} resumed"
+    print(f"Setting up checkpoint of VE {ve.veid}...", flush=True)
+    path = ve.chkpnt(args.dumpfile, stats, drain_timeout)
+    return f"Checkpointing completed successfully: {path}"
 
 
 def _restore(ve: VE, args: argparse.Namespace) -> int:
-    stats = Stats()
-    if args.resume:
-        ve.resume()
-        print(f"VE {ve.veid} resumed")
-    elif args.kill:
-        ve.kill()
-        print(f"VE {ve.veid} killed")
-    else:
-        print(f"Restoring VE {ve.veid} ...")
-        pid = ve.restore(args.dumpfile, stats, frozen=args.undump)
-        if args.undump:
-            print(f"VE {ve.veid} undumped: processes rebuilt and frozen, network locked")
-        else:
-            print(f"Restoring completed successfully (init is pid {pid} on the host)")
+    with ProgressLine() as progress:
+        stats = Stats(on_progress=progress)
+        outcome = _restore_stage(ve, args, stats)
+    print(outcome)
     if args.stats:
         print_stats(stats)
     return 0
+
+
+def _restore_stage(ve: VE, args: argparse.Namespace, stats: Stats) -> str:
+    if args.resume:
+        ve.resume()
+        return f"VE {ve.veid} resumed"
+    if args.kill:
+        ve.kill()
+        return f"VE {ve.veid} killed"
+    print(f"Restoring VE {ve.veid} ...", flush=True)
+    pid = ve.restore(args.dumpfile, stats, frozen=args.undump)
+    if args.undump:
+        return f"VE {ve.veid} undumped: processes rebuilt and frozen, network locked"
+    return f"Restoring completed successfully (init is pid {pid} on the host)"
 
 
 def _print_list() -> None:

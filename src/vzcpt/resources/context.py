@@ -41,9 +41,10 @@ class Stats:
     # Called as work advances (what, bytes so far), e.g. to draw a progress line.
     on_progress: Callable[[str, int], None] | None = None
 
-    def progress(self, what: str) -> None:
+    def progress(self, what: str, done: int | None = None) -> None:
+        """Report `done` bytes of `what` (by default: the bytes of pages saved)."""
         if self.on_progress is not None:
-            self.on_progress(what, self.bytes)
+            self.on_progress(what, self.bytes if done is None else done)
 
     def add_time(self, phase: str, seconds: float) -> None:
         self.times[phase] = self.times.get(phase, 0.0) + seconds

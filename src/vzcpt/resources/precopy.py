@@ -35,6 +35,7 @@ from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, pagescan, uffd
 from vzcpt.kernel.fds import steal_fd
+from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry, parse_smaps
 from vzcpt.proc.stat import parse_stat
@@ -245,6 +246,7 @@ def _copy(t: Tracked, writer: DumpWriter, stats: Stats) -> None:
         with counting:
             stats.pages_precopied += stored
             t.copied.append((address, address + length))
+            stats.progress("pre-copying memory (the tree runs)", stats.pages_precopied * PAGE_SIZE)
 
     copy_batches(t.pid, batches, store, new_buffers(COPY_BATCH), running=True)
 
