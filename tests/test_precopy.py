@@ -115,7 +115,7 @@ def test_progress_on_a_terminal_covers_the_precopy(tmp_path: Path) -> None:
         finally:
             os.close(master)
         assert done.returncode == 0, shown
-        assert b"pre-copying memory (the tree runs): " in shown
+        assert b"pre-copying memory (still running): " in shown
         assert shown.endswith(b"\r\x1b[K")  # the line is cleared at the end
         prog.wait_gone()
 

@@ -246,7 +246,7 @@ def _copy(t: Tracked, writer: DumpWriter, stats: Stats) -> None:
         with counting:
             stats.pages_precopied += stored
             t.copied.append((address, address + length))
-            stats.progress("pre-copying memory (the tree runs)", stats.pages_precopied * PAGE_SIZE)
+            stats.progress("pre-copying memory (still running)", stats.pages_precopied * PAGE_SIZE)
 
     copy_batches(t.pid, batches, store, new_buffers(COPY_BATCH), running=True)
 
