@@ -6,7 +6,9 @@ userfaultfd(2), taken with pidfd_getfd) in asynchronous write-protect mode
 PAGEMAP_SCAN write-protects their pages (kernel/pagescan.py). The tree is
 resumed and its own pages are copied into the dump under an owner id of
 their own (PRECOPY_OWNER + pid); then it is frozen again. A page the tree
-wrote meanwhile shows PAGE_IS_WRITTEN.
+wrote meanwhile shows PAGE_IS_WRITTEN. A running VE (`run_ahead`) is frozen
+by its cgroup just to put the tracking on, and copied before it is
+suspended: the suspend is its freeze for the final pass.
 
 In the frozen phase a pre-copied page is taken as valid only if it lies in a
 mapping that still carries our registration ("uw" in VmFlags: a mapping
