@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from vzcpt.cli.common import ProgressLine, print_stats, run
 from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S
@@ -143,16 +144,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(f"VE {ve.veid}: settings applied{' and saved' if args.save else ''}")
     elif args.command == "chkpnt":
-        return _chkpnt(ve, args)
+        return _staged(_chkpnt_stage, ve, args)
     elif args.command == "restore":
-        return _restore(ve, args)
+        return _staged(_restore_stage, ve, args)
     return 0
 
 
-def _chkpnt(ve: VE, args: argparse.Namespace) -> int:
-    with ProgressLine() as progress:  # the line is cleared before the outcome is printed
+def _staged(
+    stage: Callable[[VE, argparse.Namespace, Stats], str], ve: VE, args: argparse.Namespace
+) -> int:
+    """Run a form of chkpnt or restore, with a progress line on a terminal that
+    is cleared before the outcome is printed."""
+    with ProgressLine() as progress:
         stats = Stats(on_progress=progress)
-        outcome = _chkpnt_stage(ve, args, stats)
+        outcome = stage(ve, args, stats)
     print(outcome)
     if args.stats:
         print_stats(stats)
@@ -176,16 +181,6 @@ def _chkpnt_stage(ve: VE, args: argparse.Namespace, stats: Stats) -> str:
     print(f"Setting up checkpoint of VE {ve.veid}...", flush=True)
     path = ve.chkpnt(args.dumpfile, stats, drain_timeout)
     return f"Checkpointing completed successfully: {path}"
-
-
-def _restore(ve: VE, args: argparse.Namespace) -> int:
-    with ProgressLine() as progress:
-        stats = Stats(on_progress=progress)
-        outcome = _restore_stage(ve, args, stats)
-    print(outcome)
-    if args.stats:
-        print_stats(stats)
-    return 0
 
 
 def _restore_stage(ve: VE, args: argparse.Namespace, stats: Stats) -> str:
