@@ -307,6 +307,21 @@ def test_no_room_for_a_reservation_is_one_line(tmp_path: Path) -> None:
         subprocess.run(["umount", str(small)], check=True)
 
 
+def test_a_file_system_without_fallocate_takes_plain_writes(tmp_path: Path) -> None:
+    plain = tmp_path / "ramfs"
+    plain.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(plain)], check=True)
+    try:
+        path = str(plain / "d.img")
+        with create_dumpfile(path) as f, DumpWriter(f, writeback=True) as w:
+            w.reserve(8 << 20)  # ramfs has no fallocate: nothing reserved, no error
+            w.write_pages(1, 0, pattern(70, 5))  # over _SMALL_RUN: written back as it goes
+        with open_dump(path) as img:
+            assert bytes(img.pages_of(1)[0].data) == pattern(70, 5)
+    finally:
+        subprocess.run(["umount", str(plain)], check=True)
+
+
 def test_page_runs_from_many_threads(tmp_path: Path) -> None:
     """Threads write page runs at once (resources/pages.copy_batches): every
     frame comes out whole, and the END frame counts them all."""
