@@ -7,7 +7,8 @@ from pathlib import Path
 
 from cpt import vzcpt
 from harness import Program, all_processes
-from vzcpt.image.stream import DumpWriter, create_dumpfile, open_dump
+from vzcpt.image.reader import open_dump
+from vzcpt.image.writer import DumpWriter, create_dumpfile
 from vzcpt.resources.task_record import DumpHeader
 
 

@@ -23,8 +23,9 @@ import xxhash
 
 import vzcpt
 from vzcpt.errors import CorruptDump, VzcptError
-from vzcpt.image import schema, stream
-from vzcpt.image.stream import DumpImage, DumpWriter, create_dumpfile, open_dump
+from vzcpt.image import frames, schema
+from vzcpt.image.reader import DumpImage, open_dump
+from vzcpt.image.writer import DumpWriter, create_dumpfile
 
 U64_MAX = (1 << 64) - 1
 PAGE = 4096
@@ -261,7 +262,7 @@ def test_file_round_trip(tmp_path: Path, compress: bool) -> None:
 
 def test_large_run_is_split(tmp_path: Path) -> None:
     path = str(tmp_path / "big.img")
-    data = bytearray(stream.MAX_RUN + 3 * PAGE)
+    data = bytearray(frames.MAX_RUN + 3 * PAGE)
     data[-PAGE:] = pattern(1, 9)
     data[:PAGE] = pattern(1, 8)
     for compress in (False, True):
@@ -272,8 +273,8 @@ def test_large_run_is_split(tmp_path: Path) -> None:
         with open_dump(path) as img:
             runs = img.pages_of(1)
             assert [(r.address, len(r.data)) for r in runs] == [
-                (0x10000000, stream.MAX_RUN),
-                (0x10000000 + stream.MAX_RUN, 3 * PAGE),
+                (0x10000000, frames.MAX_RUN),
+                (0x10000000 + frames.MAX_RUN, 3 * PAGE),
             ]
             assert bytes(runs[0].data[:PAGE]) == data[:PAGE]
             assert bytes(runs[1].data[-PAGE:]) == data[-PAGE:]
@@ -476,7 +477,7 @@ def subprocess_env() -> dict[str, str]:
 
 READER = """
 import hashlib, sys
-from vzcpt.image.stream import open_dump
+from vzcpt.image.reader import open_dump
 from vzcpt.errors import VzcptError
 try:
     img = open_dump("-")
@@ -554,7 +555,7 @@ def corrupt(tmp_path: Path, data: bytes) -> str:
 
 
 def frame_offsets(data: bytes) -> list[tuple[int, int, int]]:
-    """(offset, kind, stored_len) of each frame, read independently of stream.py."""
+    """(offset, kind, stored_len) of each frame, read independently of image/reader.py."""
     import struct
 
     out, off = [], 16

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from typing import BinaryIO, Literal
 
 from vzcpt import __version__
-from vzcpt.image.stream import DumpWriter, create_dumpfile, open_dump
+from vzcpt.image.reader import open_dump
+from vzcpt.image.writer import DumpWriter, create_dumpfile
 from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, vm

@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.tree import Tree
 
+from vzcpt.image.reader import open_dump
 from vzcpt.image.schema import to_jsonable
-from vzcpt.image.stream import open_dump
 from vzcpt.resources.fds import FileDesc
 from vzcpt.resources.fds.inet import describe_record
 from vzcpt.resources.fds.memfd import MemfdRecord

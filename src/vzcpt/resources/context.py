@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vzcpt.image.stream import DumpImage, DumpWriter
+from vzcpt.image.reader import DumpImage
+from vzcpt.image.writer import DumpWriter
 from vzcpt.inject.fdpass import FdChannel
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from vzcpt.errors import FileChanged, KernelMismatch, Unsupported
-from vzcpt.image.stream import PageRun
+from vzcpt.image.reader import PageRun
 from vzcpt.inject.remote import (
     MAP_ANONYMOUS,
     MAP_FIXED,

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from vzcpt.errors import VzcptError
-from vzcpt.image.stream import DumpWriter
+from vzcpt.image.writer import DumpWriter
 from vzcpt.kernel import pagescan, vm
 from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs

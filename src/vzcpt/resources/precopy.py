@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vzcpt.errors import VzcptError
-from vzcpt.image.stream import DumpWriter
+from vzcpt.image.writer import DumpWriter
 from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, pagescan, uffd

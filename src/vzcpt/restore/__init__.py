@@ -38,7 +38,7 @@ import signal
 import time
 
 from vzcpt.errors import CorruptDump, KernelMismatch, VzcptError
-from vzcpt.image.stream import DumpImage, open_dump
+from vzcpt.image.reader import DumpImage, open_dump
 from vzcpt.inject.fdpass import FdChannel
 from vzcpt.inject.freeze import Freezer
 from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask

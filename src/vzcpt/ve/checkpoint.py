@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 from vzcpt.dump import dump_tree
 from vzcpt.errors import VzcptError
+from vzcpt.image.reader import open_dump
 from vzcpt.image.schema import record
-from vzcpt.image.stream import open_dump
 from vzcpt.kernel import nftables
 from vzcpt.resources import mqueue, sysvipc
 from vzcpt.resources.accept_queue import DRAIN_TIMEOUT_S, drain
