@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from vzcpt.kernel import probes
-from vzcpt.kernel.probes import PROBE_NAMES, Probe, all_probes, require, vdso_fingerprint
+from vzcpt.kernel.probes import PROBE_NAMES, Probe, all_probes, require
+from vzcpt.kernel.vdso import vdso_fingerprint
 
 
 def _kernel() -> tuple[int, int]:
@@ -129,7 +130,7 @@ def test_vdso_fingerprint_stable_and_shared_across_processes() -> None:
     assert release == os.uname().release
     assert re.fullmatch(r"[0-9a-f]{64}", digest)
     other = subprocess.run(
-        [sys.executable, "-c", "from vzcpt.kernel.probes import vdso_fingerprint as f; print(f())"],
+        [sys.executable, "-c", "from vzcpt.kernel.vdso import vdso_fingerprint as f; print(f())"],
         check=True,
         capture_output=True,
         text=True,

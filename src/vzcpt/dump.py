@@ -34,7 +34,7 @@ from vzcpt.image.writer import DumpWriter, create_dumpfile
 from vzcpt.inject.freeze import Freezer, FrozenTree, freeze_tree
 from vzcpt.inject.remote import RemoteTask
 from vzcpt.kernel import nr, vm
-from vzcpt.kernel.probes import vdso_fingerprint
+from vzcpt.kernel.vdso import vdso_fingerprint
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry
 from vzcpt.proc.stat import parse_stat

@@ -18,7 +18,6 @@ import errno
 import fcntl
 import functools
 import gzip
-import hashlib
 import itertools
 import mmap
 import os
@@ -30,6 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+
+from vzcpt.kernel.vdso import special_mappings, vdso_fingerprint
 
 
 @dataclass(frozen=True)
@@ -257,18 +258,6 @@ def _cpu_flags() -> set[str]:
             if line.startswith("flags"):
                 return set(line.split(":", 1)[1].split())
     return set()
-
-
-def _special_mappings() -> dict[str, tuple[int, int]]:
-    """Bracketed mappings of this process ([vdso], [vvar], ...) by name: (start, end)."""
-    found: dict[str, tuple[int, int]] = {}
-    with open("/proc/self/maps") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) == 6 and fields[5].startswith("[") and fields[5] != "[heap]":
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                found.setdefault(fields[5], (start, end))
-    return found
 
 
 def _unescape(field: str) -> str:
@@ -508,26 +497,10 @@ def probe_prctl_mm_map() -> tuple[bool, str]:
     return size.value > 0, f"struct prctl_mm_map is {size.value} bytes"
 
 
-def vdso_fingerprint() -> str:
-    """Kernel release and sha256 of this process's [vdso] bytes.
-
-    The vDSO text is the same in every process on one kernel; a restore
-    compares the dump's fingerprint with its own to know whether the saved
-    [vdso] can simply be moved into place.
-    """
-    start, end = _special_mappings()["[vdso]"]
-    fd = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.pread(fd, end - start, start)
-    finally:
-        os.close(fd)
-    return f"{os.uname().release}:{hashlib.sha256(data).hexdigest()}"
-
-
 @_probe("vdso")
 def probe_vdso() -> tuple[bool, str]:
     """The vDSO and its data pages ([vvar], [vvar_vclock] on 6.13+) are found."""
-    special = _special_mappings()
+    special = special_mappings()
     if "[vdso]" not in special:
         return False, "no [vdso] in /proc/self/maps"
     layout = ", ".join(

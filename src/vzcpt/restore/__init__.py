@@ -43,7 +43,7 @@ from vzcpt.inject.fdpass import FdChannel
 from vzcpt.inject.freeze import Freezer
 from vzcpt.inject.remote import SCRATCH_SIZE, RemoteTask
 from vzcpt.kernel import nr, ptrace
-from vzcpt.kernel.probes import vdso_fingerprint
+from vzcpt.kernel.vdso import vdso_fingerprint
 from vzcpt.resources import ctty, memory, process, signals, thread, timers
 from vzcpt.resources.context import RestoreContext, Stats
 from vzcpt.resources.fds import FileDesc, epoll, tty
