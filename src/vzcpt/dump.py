@@ -1,12 +1,18 @@
 """Checkpoint of a process tree: the ordered stages of a dump.
 
-    freeze   every thread seized and stopped (inject/freeze.py); if its
-             listeners hold connections not yet accepted, the tree runs
-             until it has accepted them, and is frozen again
-             (resources/accept_queue.py)
+    pre-copy a running VE with much memory: tracked and copied while it
+             runs, then suspended by the caller (resources/precopy.py,
+             `run_ahead`)
+    freeze   every thread seized and stopped (inject/freeze.py); a plain
+             tree with much memory then runs again while its pages are
+             copied, and is frozen again (precopy.run); if its listeners
+             hold connections not yet accepted, the tree runs until it has
+             accepted them, and is frozen again (resources/accept_queue.py)
     lock     no packet of the tree's TCP and UDP sockets comes or goes
              (resources/netlock.py); nothing of them has been read yet
     collect  each process saved by the resource modules, pages streamed out
+             (those written since their pre-copy, and the rest), each run
+             sent on to the disk as it is written
     write    the shared objects' records and the END frame; the file synced
     verify   a dump file on disk is read back and checked before anything
              is killed: the only copy of a running tree is never lost
@@ -15,7 +21,8 @@
              of a killed or stopped one stay locked until the restore
 
 A failure in any stage before `leave` unlocks the network and resumes the
-tree as it was.
+tree as it was, with no write tracking of ours left in it; the dump file is
+removed.
 """
 
 from __future__ import annotations
