@@ -19,6 +19,7 @@ import pytest
 
 from cpt import VZCPT, vzcpt
 from harness import Program
+from test_cpt_programs import PROGRAMS
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +126,21 @@ def _read_some(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # EIO: the terminal's other end is closed
         return b""
+
+
+# Pre-copy lets a tree run between two freezes: state of every kind must come
+# through that as it does through a single freeze (test_cpt_programs.py).
+PRECOPIED = ["mem_anon", "mem_shared", "mem_file_private", "mem_sysv_shm", "threads", "signals"]
+PRECOPIED += ["timers", "sleep_restart", "tree", "files", "evfd_memfd", "regs_avx"]
+
+
+@pytest.mark.parametrize("name", PRECOPIED)
+def test_state_survives_a_precopied_checkpoint(name: str, tmp_path: Path) -> None:
+    with Program.start(name, *PROGRAMS[name], tmp_path=tmp_path) as prog:
+        prog.wait_ready()
+        result = vzcpt("dump", "--pid", prog.pid, "--dumpfile", tmp_path / "d.img", "--stats")
+        assert _stat(result.stderr, "pages pre-copied") > 0
+        prog.wait_gone()
+        out = vzcpt("restore", "--dumpfile", tmp_path / "d.img").stdout
+        assert int(out.strip()) == prog.pid
+        assert prog.verify() == "OK"
