@@ -47,6 +47,11 @@ def test_pages_written_during_precopy_are_copied_again(tmp_path: Path) -> None:
         kept = _stat(result.stderr, "pre-copied kept")
         assert precopied >= 256 * 256  # the whole buffer, at least
         assert 0 < kept < precopied  # the writer invalidated some, not all
+        shown = " ".join(vzcpt("show", dump).stdout.split())  # rich wraps long lines
+        found = re.search(r"([\d,]+) bytes of pages \(([\d,]+) pre-copied\)", shown)
+        assert found, shown
+        total, early = (int(n.replace(",", "")) for n in found.groups())
+        assert total >= 256 << 20 and early == kept * 4096
         prog.wait_gone()
         out = vzcpt("restore", "--dumpfile", dump).stdout
         assert int(out.strip()) == prog.pid

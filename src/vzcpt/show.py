@@ -119,10 +119,13 @@ def _label(p: ProcessRecord, page_bytes: dict[int, int]) -> str:
         return f"[bold]{p.pid}[/bold] <zombie, status {p.exit_status:#x}>"
     comm = p.attrs.comm if p.attrs else "?"
     tids = ", ".join(str(t.tid) for t in p.threads)
-    return (
-        f"[bold]{p.pid}[/bold] {comm}  pgid {p.pgid} sid {p.sid}  threads [{tids}]  "
-        f"{page_bytes.get(p.pid, 0):,} bytes of pages"
-    )
+    # Pages saved while the tree ran are stored under an owner of their own;
+    # those still exact at the freeze are the process's as much as the rest.
+    precopied = sum(end - start for start, end in p.mm.precopied) if p.mm else 0
+    pages = f"{page_bytes.get(p.pid, 0) + precopied:,} bytes of pages"
+    if precopied:
+        pages += f" ({precopied:,} pre-copied)"
+    return f"[bold]{p.pid}[/bold] {comm}  pgid {p.pgid} sid {p.sid}  threads [{tids}]  {pages}"
 
 
 def _grow(
