@@ -178,14 +178,14 @@ def _vma_record(ctx: DumpContext, pid: int, e: MapEntry, vmflags: frozenset[str]
         vma.kind = e.path.strip("[]")
     elif e.path.startswith("/SYSV"):  # its inode is the shmid, which may well be 0
         vma.kind = "sysv"
-        vma.shmem_id = shmem.dump_object(ctx, pid, e, "sysv", pages.write_nonzero)
+        vma.shmem_id = shmem.dump_object(ctx, pid, e, "sysv")
     elif e.inode == 0:
         if e.shared:
             raise Unsupported(f"process {pid}: shared mapping {e.start:#x} without a file")
         vma.kind = "anon"
     elif e.shared and e.path == "/dev/zero" and e.deleted:
         vma.kind = "shmem"
-        vma.shmem_id = shmem.dump_object(ctx, pid, e, "shmem", pages.write_nonzero)
+        vma.shmem_id = shmem.dump_object(ctx, pid, e, "shmem")
     elif e.path.startswith(memfd.PREFIX) and e.deleted:
         vma.kind = "memfd"
         vma.shmem_id = memfd.dump_mapping(ctx, pid, e)

@@ -21,8 +21,10 @@ from vzcpt.image.schema import record
 from vzcpt.inject.remote import MAP_FIXED, MAP_SHARED, RemoteTask
 from vzcpt.kernel import nr, sysv
 from vzcpt.kernel.libc import buffer_address
+from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
 from vzcpt.proc.maps import MapEntry
+from vzcpt.resources import pages
 from vzcpt.resources.context import DumpContext, RestoreContext
 
 SHARED_OWNER = 1 << 40  # page-run owner ids at and above this are shared objects
@@ -43,7 +45,7 @@ class SharedMemRecord:
     pages_owner: int = 0
 
 
-def dump_object(ctx: DumpContext, pid: int, e: MapEntry, kind: str, write_pages: object) -> int:
+def dump_object(ctx: DumpContext, pid: int, e: MapEntry, kind: str) -> int:
     """Store a shared memory object once, however many processes map it; return its id."""
     key = ("shmem", e.dev, e.inode)
     if key in ctx.shared:
@@ -54,10 +56,7 @@ def dump_object(ctx: DumpContext, pid: int, e: MapEntry, kind: str, write_pages:
     fd = procfs.open_file(pid, f"map_files/{e.start:x}-{e.end:x}", os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        for start, end in data_extents(fd, size):
-            for offset in range(start, end, BATCH_BYTES):
-                chunk = bytearray(os.pread(fd, min(BATCH_BYTES, end - offset), offset))
-                write_pages(ctx, owner, offset, chunk)  # type: ignore[operator]
+        store_content(ctx, fd, size, owner)
     finally:
         os.close(fd)
     ctx.records.append(
@@ -70,6 +69,16 @@ def dump_object(ctx: DumpContext, pid: int, e: MapEntry, kind: str, write_pages:
         )
     )
     return ident
+
+
+def store_content(ctx: DumpContext, fd: int, size: int, owner: int) -> None:
+    """Store the data of a shmem file (shared memory, a memfd) as page runs of
+    `owner`; its holes and its pages of zeros are not stored."""
+    for start, end in data_extents(fd, size):
+        for offset in range(start, end, BATCH_BYTES):
+            chunk = bytearray(os.pread(fd, min(BATCH_BYTES, end - offset), offset))
+            chunk += bytes(-len(chunk) % PAGE_SIZE)  # the last page, padded
+            pages.write_nonzero(ctx, owner, offset, chunk)
 
 
 def data_extents(fd: int, size: int) -> list[tuple[int, int]]:

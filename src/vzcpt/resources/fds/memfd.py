@@ -42,14 +42,12 @@ from vzcpt.kernel.memfd import (
     memfd_create,
     seal_names,
 )
-from vzcpt.kernel.vm import PAGE_SIZE
 from vzcpt.proc import files as procfs
 from vzcpt.proc.fdinfo import FdInfo
 from vzcpt.proc.maps import MapEntry
-from vzcpt.resources import pages
 from vzcpt.resources.context import DumpContext, RestoreContext
 from vzcpt.resources.fds import FileDesc
-from vzcpt.resources.shmem import BATCH_BYTES, SHARED_OWNER, data_extents
+from vzcpt.resources.shmem import SHARED_OWNER, store_content
 
 PREFIX = "/memfd:"
 DELETED = " (deleted)"
@@ -94,7 +92,7 @@ def dump_object(ctx: DumpContext, held: int, name: str, where: str) -> int:
     # Holes are found by seeking: on a description of our own, not the program's.
     fd = procfs.open_file(os.getpid(), f"fd/{held}", os.O_RDONLY)
     try:
-        _store_content(ctx, fd, st.st_size, SHARED_OWNER + ident)
+        store_content(ctx, fd, st.st_size, SHARED_OWNER + ident)
     finally:
         os.close(fd)
     ctx.records.append(
@@ -110,14 +108,6 @@ def dump_object(ctx: DumpContext, held: int, name: str, where: str) -> int:
         )
     )
     return ident
-
-
-def _store_content(ctx: DumpContext, fd: int, size: int, owner: int) -> None:
-    for start, end in data_extents(fd, size):
-        for offset in range(start, end, BATCH_BYTES):
-            chunk = bytearray(os.pread(fd, min(BATCH_BYTES, end - offset), offset))
-            chunk += bytes(-len(chunk) % PAGE_SIZE)  # the last page, padded
-            pages.write_nonzero(ctx, owner, offset, chunk)
 
 
 def dump_mapping(ctx: DumpContext, pid: int, e: MapEntry) -> int:
