@@ -94,7 +94,9 @@ def dump_tree(
     out: BinaryIO | None = None
     pre = PreCopy()
     try:
-        if suspend is not None and held_by is not None:
+        if suspend is not None:
+            if held_by is None:
+                raise ValueError("dump_tree: suspend needs the freezer that holds the tree")
             out = create_dumpfile(dumpfile)
             writer = _writer(out, dumpfile, compress)
             if precopy.wanted(procfs.tree(root)):
