@@ -22,9 +22,6 @@ gives out memoryviews into the mapping. xxh3 runs at memory speed.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import stat
 import struct
 import zlib
 
@@ -44,17 +41,7 @@ PREFIX = struct.Struct("<QQ")
 END = struct.Struct("<QQQ")
 KIND_NAMES = {KIND_RECORD: "RECORD", KIND_PAGES: "PAGES", KIND_END: "END"}
 
-PIPE_SIZE = 1 << 20  # fewer wakeups per GiB through a pipe than the default 64 KiB
-
 
 def frame_header(kind: int, flags: int, stored_len: int, raw_len: int, checksum: int) -> bytes:
     head = HEAD.pack(kind, flags, stored_len, raw_len, checksum)
     return head + CRC.pack(zlib.crc32(head))
-
-
-def grow_pipe(fd: int) -> None:
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # only an optimisation (the limit may be lower for non-root)

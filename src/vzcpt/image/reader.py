@@ -44,8 +44,8 @@ from vzcpt.image.frames import (
     PAGE_SIZE,
     PREFIX,
     VERSION,
-    grow_pipe,
 )
+from vzcpt.kernel.fds import grow_pipe
 
 T = TypeVar("T")
 

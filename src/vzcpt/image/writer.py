@@ -40,8 +40,8 @@ from vzcpt.image.frames import (
     PREFIX,
     VERSION,
     frame_header,
-    grow_pipe,
 )
+from vzcpt.kernel.fds import grow_pipe
 from vzcpt.kernel.libc import reserve_blocks, start_writeback
 
 _BATCH = 1 << 20  # small frames collect in memory up to this size: few syscalls
